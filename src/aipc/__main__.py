@@ -1,0 +1,3 @@
+from aipc.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""The backend boundary: a small Protocol every runtime implements, and what crosses it."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from time import perf_counter as _now
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from aipc.engine.config import GenerationConfig, LoadConfig
+from aipc.engine.events import Finished, TextDelta
+from aipc.store.resolve import ModelSource
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A device a backend can use here. `name` is aipc's (cpu, gpu.0, npu); `runtime_name` the runtime's."""
+
+    name: str
+    runtime_name: str
+    description: str
+    emulated: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know about an opened model to format prompts and report."""
+
+    name: str
+    backend: str
+    device: str
+    path: str
+    chat_template: str | None
+    bos_token: str = ""
+    eos_token: str = ""
+    max_prompt_tokens: int | None = None
+
+
+class Backend(Protocol):
+    """An opened model on one device. Opened by its `BackendType.load`, used by the engine alone."""
+
+    info: ModelInfo
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, adding no special tokens (chat templates write their own)."""
+        ...
+
+    def generate(
+        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+    ) -> Iterator[TextDelta | Finished]:
+        """Stream the continuation of an already formatted prompt; the last item is `Finished`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BackendType(Protocol):
+    """A runtime: which model formats and devices it handles, and how to open a model."""
+
+    name: str
+    formats: tuple[str, ...]
+
+    def devices(self) -> list[DeviceInfo]: ...
+
+    def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> Backend: ...
+
+
+_END = object()
+
+
+def stream_from_callback(
+    run: Callable[[Callable[[str], bool]], Finished], cancel: threading.Event
+) -> Iterator[TextDelta | Finished]:
+    """Bridge a runtime that pushes text through a callback into a generator, once for all backends.
+
+    `run(on_text)` blocks until generation ends and returns `Finished`; `on_text(text)` returns True when the
+    runtime should stop. The runtime works in a thread; the consumer reads a queue. If the consumer stops
+    early (Ctrl-C, a closed HTTP stream, `break`), `cancel` is set and the runtime is joined before returning.
+    """
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    put = q.put
+
+    def on_text(text: str) -> bool:
+        put(TextDelta(text, _now()))
+        return cancel.is_set()
+
+    def worker() -> None:
+        try:
+            put(run(on_text))
+        except BaseException as exc:  # handed to the consumer thread, raised there
+            put(exc)
+        put(_END)
+
+    thread = threading.Thread(target=worker, name="aipc-generate", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        thread.join()

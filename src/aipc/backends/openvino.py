@@ -1,0 +1,163 @@
+"""OpenVINO GenAI: CPU, GPU and NPU through `openvino_genai.LLMPipeline`.
+
+Options follow the seed's OpenVINO recipe (a latency hint, one stream, a compiled-model cache in the store)
+and, on the NPU, OpenVINO's static pipeline (MAX_PROMPT_LEN, MIN_RESPONSE_LEN). With no NPU present,
+`AIPC_EMULATE_NPU=1` runs that same NPU pipeline with its partitions compiled for the CPU (NPUW_DEVICES=CPU),
+so the NPU path is exercised on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from time import perf_counter as _now
+
+import openvino_genai as ov_genai
+
+from aipc.backends.base import DeviceInfo, ModelInfo, stream_from_callback
+from aipc.engine.config import GenerationConfig, LoadConfig
+from aipc.engine.events import Finished, TextDelta
+from aipc.engine.template import END_OF_TURN_STRINGS
+from aipc.errors import ContextLengthError, GenerationError, UsageError
+from aipc.store import paths
+from aipc.store.resolve import ModelSource
+
+EMULATE_NPU_ENV = "AIPC_EMULATE_NPU"
+_FINISH = {
+    ov_genai.GenerationFinishReason.STOP: "stop",
+    ov_genai.GenerationFinishReason.LENGTH: "length",
+}
+
+
+def npu_emulation_enabled() -> bool:
+    return os.environ.get(EMULATE_NPU_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+class OpenVINOBackend:
+    """The runtime type: devices OpenVINO sees here, and opening models on one of them."""
+
+    name = "openvino"
+    formats = ("openvino-ir", "gguf")
+
+    def devices(self) -> list[DeviceInfo]:
+        import openvino as ov
+
+        core = ov.Core()
+        found = []
+        for dev in core.available_devices:
+            try:
+                full = str(core.get_property(dev, "FULL_DEVICE_NAME"))
+            except RuntimeError:
+                full = dev
+            found.append(DeviceInfo(dev.lower(), dev, full))
+        if npu_emulation_enabled() and not any(d.name == "npu" for d in found):
+            found.append(DeviceInfo("npu", "NPU", "NPU pipeline emulated on the CPU (NPUW_DEVICES=CPU)", True))
+        return found
+
+    def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> OpenVINOModel:
+        return OpenVINOModel(source, config, device)
+
+
+class OpenVINOModel:
+    """One `LLMPipeline` on one device."""
+
+    def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
+        is_npu = device.name.startswith("npu")
+        path = source.path
+        if source.format == "gguf":
+            from aipc.convert.gguf_openvino import ir_for_gguf
+
+            # A GGUF file becomes IR once (cached): it loads faster, and the NPU compiles only mended IR.
+            path = ir_for_gguf(source.path, "npu" if is_npu else "compressed")
+        props: dict[str, object] = {"CACHE_DIR": str(Path(config.cache_dir or paths.cache_dir("openvino")))}
+        if is_npu:
+            props |= {"MAX_PROMPT_LEN": config.npu_max_prompt_len, "MIN_RESPONSE_LEN": config.npu_min_response_len}
+            if device.emulated:
+                props["NPUW_DEVICES"] = "CPU"
+        else:
+            props |= {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        try:
+            self._pipe = ov_genai.LLMPipeline(str(path), device.runtime_name, **props)
+        except RuntimeError as exc:
+            raise UsageError(
+                f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}"
+            ) from None
+        self._tok = self._pipe.get_tokenizer()
+        self._stop_ids = self._end_of_turn_ids()
+        self.info = ModelInfo(
+            name=source.name,
+            backend="openvino",
+            device=device.name + (" (emulated)" if device.emulated else ""),
+            path=str(path),
+            chat_template=self._tok.chat_template or None,
+            bos_token=self._tok.get_bos_token(),
+            eos_token=self._tok.get_eos_token(),
+            max_prompt_tokens=config.npu_max_prompt_len if is_npu else None,
+        )
+
+    def _end_of_turn_ids(self) -> set[int]:
+        ids = set(self._pipe.get_generation_config().stop_token_ids)
+        eos = self._tok.get_eos_token_id()
+        if eos >= 0:
+            ids.add(eos)
+        for text in END_OF_TURN_STRINGS:
+            enc = self.tokenize(text)
+            if len(enc) == 1 and self._tok.decode(enc, skip_special_tokens=False) == text:
+                ids.add(enc[0])
+        return ids
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
+
+    def _config(self, cfg: GenerationConfig) -> ov_genai.GenerationConfig:
+        gc = ov_genai.GenerationConfig()
+        gc.max_new_tokens = cfg.max_tokens
+        gc.apply_chat_template = False
+        gc.stop_token_ids = self._stop_ids
+        gc.eos_token_id = self._tok.get_eos_token_id()
+        gc.repetition_penalty = cfg.repetition_penalty
+        if not cfg.greedy:
+            gc.do_sample = True
+            gc.temperature = cfg.temperature
+            gc.top_p = cfg.top_p
+            if cfg.top_k:
+                gc.top_k = cfg.top_k
+            if cfg.seed is not None:
+                gc.rng_seed = cfg.seed
+        return gc
+
+    def generate(
+        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+    ) -> Iterator[TextDelta | Finished]:
+        inputs = self._tok.encode(prompt, add_special_tokens=False)
+        n_prompt = int(inputs.input_ids.get_shape()[1])
+        limit = self.info.max_prompt_tokens
+        if limit is not None and n_prompt > limit:
+            raise ContextLengthError(
+                f"the prompt has {n_prompt} tokens, over the NPU pipeline's limit of {limit} "
+                f"(MAX_PROMPT_LEN); shorten it, or use another device",
+                limit=limit,
+                requested=n_prompt,
+            )
+        gc = self._config(config)
+
+        def run(on_text) -> Finished:
+            try:
+                result = self._pipe.generate(inputs, gc, on_text)
+            except RuntimeError as exc:
+                raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
+            tokens = result.tokens[0]
+            reason = "cancelled" if cancel.is_set() else _FINISH.get(result.finish_reasons[0], "stop")
+            return Finished(reason, n_prompt, len(tokens), _now())
+
+        return stream_from_callback(run, cancel)
+
+    def close(self) -> None:
+        self._pipe = None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,90 @@
+"""Load-time configuration apart from per-request configuration.
+
+`LoadConfig` is fixed when a model is opened (backend, device, pipeline shape); `GenerationConfig` travels
+with each request. Both validate themselves so every front end (CLI, API, server) rejects the same inputs
+with the same one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from aipc.errors import InvalidConfigError
+
+DEVICES = ("auto", "cpu", "gpu", "npu")
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    backend: str = "auto"
+    device: str = "auto"
+    # The NPU runs a static-shape pipeline: prompts (and chat history) up to max_prompt_len tokens, and at
+    # least min_response_len tokens of answer room. OpenVINO's defaults are 1024 and 128.
+    npu_max_prompt_len: int = 1024
+    npu_min_response_len: int = 128
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        device = self.device.lower()
+        if device.split(".")[0] not in DEVICES:
+            raise InvalidConfigError(f"unknown device {self.device!r}: valid devices are {', '.join(DEVICES)}")
+        object.__setattr__(self, "device", device)
+        for name in ("npu_max_prompt_len", "npu_min_response_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Per-request sampling options. temperature 0 means greedy decoding."""
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        _check_int("max_tokens", self.max_tokens, low=1, hint="an integer >= 1")
+        _check_float("temperature", self.temperature, ok=lambda v: v >= 0, hint="a number >= 0 (0 is greedy)")
+        _check_float("top_p", self.top_p, ok=lambda v: 0 < v <= 1, hint="a number in (0, 1]")
+        _check_int("top_k", self.top_k, low=0, hint="an integer >= 0 (0 disables it)")
+        if self.seed is not None:
+            _check_int("seed", self.seed, low=0, hint="an integer >= 0")
+        _check_float("repetition_penalty", self.repetition_penalty, ok=lambda v: v > 0, hint="a number > 0")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise InvalidConfigError(f"stop strings must be non-empty strings, got {s!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def updated(self, **overrides: Any) -> GenerationConfig:
+        """A copy with the given options replaced; None values keep the current ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidConfigError(
+                f"unknown generation option(s) {', '.join(unknown)}: valid options are {', '.join(sorted(known))}"
+            )
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_int(name: str, value: Any, *, low: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidConfigError(f"{name} must be {hint}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, *, ok, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise InvalidConfigError(f"{name} must be {hint}, got {value!r}")

