@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from time import perf_counter as _now
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from time import perf_counter as _now
 from typing import Protocol
 
 from aipc.engine.config import GenerationConfig, LoadConfig

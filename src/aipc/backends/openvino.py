@@ -35,6 +35,21 @@ def npu_emulation_enabled() -> bool:
     return os.environ.get(EMULATE_NPU_ENV, "").lower() in ("1", "true", "yes", "on")
 
 
+def pipeline_properties(config: LoadConfig, device: DeviceInfo) -> dict[str, object]:
+    """The `LLMPipeline` properties aipc uses on `device` (the benchmark reuses them for its raw baseline)."""
+    props: dict[str, object] = {"CACHE_DIR": str(Path(config.cache_dir or paths.cache_dir("openvino")))}
+    if device.name.startswith("npu"):
+        props |= {
+            "MAX_PROMPT_LEN": config.npu_max_prompt_len,
+            "MIN_RESPONSE_LEN": config.npu_min_response_len,
+        }
+        if device.emulated:
+            props["NPUW_DEVICES"] = "CPU"
+    else:
+        props |= {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    return props
+
+
 class OpenVINOBackend:
     """The runtime type: devices OpenVINO sees here, and opening models on one of them."""
 
@@ -71,19 +86,10 @@ class OpenVINOModel:
 
             # A GGUF file becomes IR once (cached): it loads faster, and the NPU compiles only mended IR.
             path = ir_for_gguf(source.path, "npu" if is_npu else "compressed")
-        props: dict[str, object] = {"CACHE_DIR": str(Path(config.cache_dir or paths.cache_dir("openvino")))}
-        if is_npu:
-            props |= {"MAX_PROMPT_LEN": config.npu_max_prompt_len, "MIN_RESPONSE_LEN": config.npu_min_response_len}
-            if device.emulated:
-                props["NPUW_DEVICES"] = "CPU"
-        else:
-            props |= {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         try:
-            self._pipe = ov_genai.LLMPipeline(str(path), device.runtime_name, **props)
+            self._pipe = ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device))
         except RuntimeError as exc:
-            raise UsageError(
-                f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}"
-            ) from None
+            raise UsageError(f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}") from None
         self._tok = self._pipe.get_tokenizer()
         self._stop_ids = self._end_of_turn_ids()
         self.info = ModelInfo(

@@ -5,6 +5,7 @@ Ctrl-C stops the answer being written and returns to the prompt; Ctrl-D (or /bye
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from aipc.cli.run import print_stream, stats_line
@@ -29,10 +30,8 @@ class ChatSession:
         self.history: list[dict[str, str]] = []
         self.tty = sys.stdin.isatty()
         if self.tty:
-            try:
+            with contextlib.suppress(ImportError):
                 import readline  # noqa: F401  (line editing and history for input())
-            except ImportError:
-                pass
 
     def _read(self, prompt: str) -> str:
         return input(prompt if self.tty else "")
@@ -51,8 +50,10 @@ class ChatSession:
 
     def loop(self) -> int:
         if self.tty:
-            print(f"Chatting with {self.model.info.name} on {self.model.info.backend}/{self.model.info.device}. "
-                  "/help for commands, Ctrl-D to leave.")
+            print(
+                f"Chatting with {self.model.info.name} on {self.model.info.backend}/{self.model.info.device}. "
+                "/help for commands, Ctrl-D to leave."
+            )
         while True:
             try:
                 message = self.read_message()

@@ -42,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="random seed for reproducible sampling (>= 0)")
     run.add_argument("--system", help="system prompt")
     run.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
-    run.add_argument("-v", "--verbose", action="store_true",
-                     help="print a stats line: load time, prompt tokens, TTFT, next-token latency, tokens/s")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print a stats line: load time, prompt tokens, TTFT, next-token latency, tokens/s",
+    )
     run.set_defaults(handler="aipc.cli.run:command")
     return parser
 

@@ -100,7 +100,9 @@ def _mend_kv_repeat(model) -> int:
         if rep_node.get_type_name() != "Constant":
             continue
         rep = int(rep_node.get_data().reshape(-1)[0])
-        fixed = ops.broadcast(data, ops.constant(np.array([1, 1, rep, 1, 1], dtype=np.int64)), broadcast_spec="BIDIRECTIONAL")
+        fixed = ops.broadcast(
+            data, ops.constant(np.array([1, 1, rep, 1, 1], dtype=np.int64)), broadcast_spec="BIDIRECTIONAL"
+        )
         fixed.set_friendly_name(node.get_friendly_name())
         node.output(0).replace(fixed.output(0))
         mended += 1

@@ -27,8 +27,9 @@ def reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
     try:
-        urllib.request.urlopen(urllib.request.Request(endpoint() + "/api/models?limit=1", method="HEAD"),
-                               timeout=timeout).close()
+        urllib.request.urlopen(
+            urllib.request.Request(endpoint() + "/api/models?limit=1", method="HEAD"), timeout=timeout
+        ).close()
         return True
     except urllib.error.HTTPError:
         return True  # it answered

@@ -44,8 +44,11 @@ def resolve(spec: str | None) -> ModelSource:
 
 def looks_like_model(spec: str) -> bool:
     """Whether a lone CLI argument names a model rather than being a prompt."""
-    return spec in catalog.CATALOG or Path(spec).expanduser().exists() or _looks_like_path(spec) or (
-        ":" in spec and " " not in spec
+    return (
+        spec in catalog.CATALOG
+        or Path(spec).expanduser().exists()
+        or _looks_like_path(spec)
+        or (":" in spec and " " not in spec)
     )
 
 
@@ -94,7 +97,7 @@ def _from_path(path: Path) -> ModelSource:
         raise ModelNotFoundError(f"cannot read {path}: permission denied")
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            return ModelSource(path.stem, "gguf", path)
+            return ModelSource(path.stem, "gguf", _checked_gguf(path))
         if path.name == "openvino_model.xml":
             return _from_path(path.parent)
         raise UsageError(f"unsupported model file {path.name}: expected {_PATH_HINT}")
@@ -102,10 +105,19 @@ def _from_path(path: Path) -> ModelSource:
         return ModelSource(path.name, "openvino-ir", path)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
-        return ModelSource(ggufs[0].stem, "gguf", ggufs[0])
+        return ModelSource(ggufs[0].stem, "gguf", _checked_gguf(ggufs[0]))
     if (path / "config.json").is_file():
         raise UsageError(
             f"{path} is a Hugging Face checkpoint: convert it to a runnable format first "
             "(optimum-cli export openvino, or a GGUF file)"
         )
     raise UsageError(f"{path} holds no model: expected {_PATH_HINT}")
+
+
+def _checked_gguf(path: Path) -> Path:
+    """Refuse at once a file that is not GGUF, rather than deep inside a runtime."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise UsageError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    return path
