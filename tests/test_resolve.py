@@ -2,7 +2,8 @@ import pytest
 
 from aipc.errors import ModelNotFoundError, UsageError
 from aipc.store import catalog, hub
-from aipc.store.resolve import looks_like_model, resolve, store_slug
+from aipc.store.resolve import looks_like_model, resolve
+from aipc.store.store import slug
 
 
 def test_default_is_the_embedded_model():
@@ -60,8 +61,8 @@ def test_model_or_prompt():
     assert not looks_like_model("hello")
 
 
-@pytest.mark.parametrize("bad", ["../evil", "a/b", "..", ".", "/abs", "a\\b", ""])
+@pytest.mark.parametrize("bad", ["../evil", "a/b", "..", ".", "/abs", "a\\b", "", "a:b:c", "x..y"])
 def test_store_names_cannot_escape(bad):
     with pytest.raises(UsageError, match="invalid model name"):
-        store_slug(bad)
-    assert store_slug("phi3:mini") == "phi3--mini"
+        slug(bad)
+    assert slug("phi3:mini") == "phi3--mini"

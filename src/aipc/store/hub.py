@@ -7,9 +7,9 @@ converting original checkpoints is the converter's job.
 from __future__ import annotations
 
 import os
+import shutil
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from aipc.errors import BackendUnavailableError, ModelNotFoundError
 from aipc.store import catalog
@@ -37,9 +37,12 @@ def reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def fetch_openvino(entry: catalog.CatalogEntry, target: Path) -> Path:
-    """Download `entry`'s pre-converted OpenVINO repository into `target`, atomically."""
+def fetch_openvino(entry: catalog.CatalogEntry):
+    """Download `entry`'s pre-converted OpenVINO int4 repository into the store, atomically; the stored variant."""
+    from aipc.store import store
+
     repo = entry.openvino_repo
+    target = store.variant_dir(entry.name, "openvino-int4")
     if repo is None or not reachable():
         raise ModelNotFoundError(
             f"model {entry.name!r} is not in the store ({target.parent}) and the hub ({endpoint()}) cannot be "
@@ -47,12 +50,28 @@ def fetch_openvino(entry: catalog.CatalogEntry, target: Path) -> Path:
             f"machine and copy the store folder here"
         )
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, snapshot_download
     except ImportError:
         raise BackendUnavailableError(
             "downloading from the hub needs huggingface-hub: pip install 'aipc[hub]'"
         ) from None
+    commit = HfApi(endpoint=endpoint()).model_info(repo).sha
     with staged(target) as tmp:
         if tmp is not None:
-            snapshot_download(repo, local_dir=tmp, allow_patterns=ALLOWED_FILES)
-    return target
+            snapshot_download(repo, revision=commit, local_dir=tmp, allow_patterns=ALLOWED_FILES, endpoint=endpoint())
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+            store.write_manifest(
+                tmp,
+                {
+                    "name": entry.name,
+                    "variant": "openvino-int4",
+                    "format": "openvino-ir",
+                    "backend": "openvino",
+                    "precision": "int4",
+                    "device_target": "cpu",
+                    "recipe": {"pre-converted": repo},
+                    "notes": [f"pre-converted by {repo.split('/')[0]}"],
+                    "source": {"kind": "hub", "repo": repo, "commit": commit, "endpoint": endpoint()},
+                },
+            )
+    return store.find(f"{entry.name}@openvino-int4")[0]

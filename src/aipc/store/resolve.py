@@ -9,21 +9,72 @@ from pathlib import Path
 from typing import Any
 
 from aipc.errors import ModelNotFoundError, UsageError
-from aipc.store import catalog, hub, paths
-from aipc.store.publish import is_published
+from aipc.store import catalog, hub
 
-FORMATS = ("gguf", "openvino-ir")
-_PATH_HINT = "a .gguf file or an OpenVINO IR folder (with openvino_model.xml)"
+FORMATS = ("gguf", "openvino-ir", "onnx-genai")
+_PATH_HINT = "a .gguf file, an OpenVINO IR folder or an ONNX Runtime GenAI folder"
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model on local disk, in one of `FORMATS`, with the generation defaults its authors recommend."""
+    """A model on local disk, in one of `FORMATS`, with the generation defaults its authors recommend.
+
+    `device_target` is the device a stored variant was converted for ("npu" variants only suit the NPU);
+    `variant` names a stored variant ("" for files outside the store).
+    """
 
     name: str
     format: str
     path: Path
     defaults: dict[str, Any] = field(default_factory=dict)
+    precision: str = ""
+    device_target: str = "any"
+    variant: str = ""
+
+
+# Stored variants are tried fastest first: fewer bits read per token.
+_PRECISION_ORDER = ("int4", "q4_k_m", "q4_0", "int8", "q8_0", "fp16", "f16", "fp32")
+
+
+def resolve_all(spec: str | None) -> list[ModelSource]:
+    """Every local source for `spec`, best first: stored variants, then embedded or hub sources."""
+    spec = spec or catalog.DEFAULT_MODEL
+    from aipc.store import store
+
+    if "@" in spec or spec in catalog.CATALOG or _is_store_name(spec):
+        stored = _stored(spec)
+        if "@" in spec:
+            if not stored:
+                store.get(spec)  # raises, listing what the store has
+            return stored
+        entry = catalog.CATALOG.get(spec)
+        if entry is not None and entry.embedded is not None:
+            return [*stored, _from_catalog(entry)]
+        if stored:
+            return stored
+    return [resolve(spec)]
+
+
+def _is_store_name(spec: str) -> bool:
+    from aipc.store import store
+
+    try:
+        return bool(store.find(spec))
+    except UsageError:
+        return False
+
+
+def _stored(spec: str) -> list[ModelSource]:
+    from aipc.store import store
+
+    entry = catalog.CATALOG.get(spec.partition("@")[0])
+    defaults = dict(entry.defaults) if entry else {}
+    found = [
+        ModelSource(v.name, v.format, v.path, defaults, v.precision, v.device_target, v.variant)
+        for v in store.find(spec)
+    ]
+    rank = {p: i for i, p in enumerate(_PRECISION_ORDER)}
+    return sorted(found, key=lambda s: rank.get(s.precision, len(rank)))
 
 
 def resolve(spec: str | None) -> ModelSource:
@@ -44,11 +95,15 @@ def resolve(spec: str | None) -> ModelSource:
 
 def looks_like_model(spec: str) -> bool:
     """Whether a lone CLI argument names a model rather than being a prompt."""
+    if " " in spec:
+        return False
     return (
         spec in catalog.CATALOG
-        or Path(spec).expanduser().exists()
+        or ":" in spec
+        or "@" in spec
         or _looks_like_path(spec)
-        or (":" in spec and " " not in spec)
+        or Path(spec).expanduser().exists()
+        or _is_store_name(spec)
     )
 
 
@@ -78,18 +133,16 @@ def embedded_file(package: str, filename: str) -> Path:
 def _from_catalog(entry: catalog.CatalogEntry) -> ModelSource:
     if entry.embedded is not None:
         return ModelSource(entry.name, "gguf", embedded_file(*entry.embedded), dict(entry.defaults))
-    stored = paths.models_dir() / store_slug(entry.name) / "openvino"
-    if is_published(stored):
-        return ModelSource(entry.name, "openvino-ir", stored, dict(entry.defaults))
-    return ModelSource(entry.name, "openvino-ir", hub.fetch_openvino(entry, stored), dict(entry.defaults))
-
-
-def store_slug(name: str) -> str:
-    """A model name as a single, safe folder name."""
-    slug = name.replace(":", "--")
-    if not slug or slug in (".", "..") or any(c in slug for c in "/\\\0") or os.path.isabs(slug):
-        raise UsageError(f"invalid model name {name!r}: names may not contain path separators or be '.'/'..'")
-    return slug
+    variant = hub.fetch_openvino(entry)
+    return ModelSource(
+        entry.name,
+        "openvino-ir",
+        variant.path,
+        dict(entry.defaults),
+        variant.precision,
+        variant.device_target,
+        variant.variant,
+    )
 
 
 def _from_path(path: Path) -> ModelSource:
@@ -103,6 +156,8 @@ def _from_path(path: Path) -> ModelSource:
         raise UsageError(f"unsupported model file {path.name}: expected {_PATH_HINT}")
     if (path / "openvino_model.xml").is_file():
         return ModelSource(path.name, "openvino-ir", path)
+    if (path / "genai_config.json").is_file():
+        return ModelSource(path.name, "onnx-genai", path)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return ModelSource(ggufs[0].stem, "gguf", _checked_gguf(ggufs[0]))

@@ -1,0 +1,129 @@
+"""llama.cpp through llama-cpp-python: GGUF files on the CPU, with GPU offload where the build supports it.
+
+Generation is llama.cpp's own pull loop, so it needs no thread. `Llama.generate` keeps the KV cache of the
+longest prefix shared with the previous call, so a chat's next turn only evaluates the new tokens.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+from collections.abc import Iterator
+from time import perf_counter as _now
+
+import llama_cpp
+
+from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids
+from aipc.engine.config import GenerationConfig, LoadConfig
+from aipc.engine.events import Finished, TextDelta
+from aipc.errors import ContextLengthError, UsageError
+from aipc.store.resolve import ModelSource
+
+DEFAULT_CONTEXT = 4096
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+    formats = ("gguf",)
+
+    def devices(self) -> list[DeviceInfo]:
+        found = [DeviceInfo("cpu", "cpu", f"CPU ({os.cpu_count()} threads)")]
+        if llama_cpp.llama_supports_gpu_offload():
+            found.append(DeviceInfo("gpu", "gpu", "GPU (llama.cpp offload)"))
+        return found
+
+    def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> LlamaCppModel:
+        return LlamaCppModel(source, device)
+
+
+class LlamaCppModel:
+    def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
+        path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
+        try:
+            probe = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+            trained = int(probe.metadata.get(f"{probe.metadata.get('general.architecture')}.context_length", 0))
+            del probe
+            self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+            self._llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=self._ctx,
+                n_threads=os.cpu_count(),
+                n_gpu_layers=-1 if device.name == "gpu" else 0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(f"llama.cpp could not load {source.name}: {exc}") from None
+        vocab = self._llm._model.vocab
+        self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
+        self._stop_ids = end_of_turn_ids(self.tokenize, self._decode_special)
+        meta = self._llm.metadata
+        self.info = ModelInfo(
+            name=source.name,
+            backend="llamacpp",
+            device=device.name,
+            path=str(path),
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=self._decode_special([self._llm.token_bos()]),
+            eos_token=self._decode_special([self._llm.token_eos()]),
+            max_prompt_tokens=self._ctx - 1,
+        )
+
+    def _decode_special(self, ids: list[int]) -> str:
+        return self._llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def generate(
+        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+    ) -> Iterator[TextDelta | Finished]:
+        ids = self.tokenize(prompt)
+        n_prompt = len(ids)
+        if n_prompt >= self._ctx:
+            raise ContextLengthError(
+                f"the prompt has {n_prompt} tokens; the context is {self._ctx} tokens",
+                limit=self._ctx,
+                requested=n_prompt,
+            )
+        max_tokens = min(config.max_tokens, self._ctx - n_prompt)
+        if config.seed is not None:
+            self._llm.set_seed(config.seed)
+        sampling = (
+            {"temp": 0.0, "top_k": 1}
+            if config.greedy
+            else {
+                "temp": config.temperature,
+                "top_p": config.top_p,
+                "top_k": config.top_k,
+                "min_p": 0.0,
+            }
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated = 0
+        reason = "length"
+        previous: list[int] = []
+        tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
+        try:
+            for token in tokens:
+                generated += 1
+                if token in self._stop_ids or self._is_eog(token):
+                    reason = "stop"
+                    break
+                text = decoder.decode(self._llm.detokenize([token], prev_tokens=previous))
+                previous.append(token)
+                if text:
+                    yield TextDelta(text, _now())
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if generated >= max_tokens:
+                    break
+        finally:
+            tokens.close()
+        yield Finished(reason, n_prompt, generated, _now())
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None

@@ -1,0 +1,121 @@
+"""ONNX Runtime GenAI: models built by its model builder (model.onnx + genai_config.json), on the CPU, CUDA
+or DirectML, with a pull loop (`generate_next_token`) that needs no thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from time import perf_counter as _now
+
+import onnxruntime_genai as og
+
+from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, folder_chat_template
+from aipc.engine.config import GenerationConfig, LoadConfig
+from aipc.engine.events import Finished, TextDelta
+from aipc.errors import ContextLengthError, UsageError
+from aipc.store.resolve import ModelSource
+
+# aipc device -> ONNX Runtime GenAI provider name, in the order tried for "gpu".
+_GPU_PROVIDERS = (("cuda", og.is_cuda_available), ("dml", og.is_dml_available))
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    formats = ("onnx-genai",)
+
+    def devices(self) -> list[DeviceInfo]:
+        found = [DeviceInfo("cpu", "cpu", "CPU (ONNX Runtime CPU execution provider)")]
+        for provider, available in _GPU_PROVIDERS:
+            if available():
+                found.append(DeviceInfo("gpu", provider, f"GPU ({provider.upper()} execution provider)"))
+                break
+        return found
+
+    def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> OnnxRuntimeModel:
+        return OnnxRuntimeModel(source, device)
+
+
+class OnnxRuntimeModel:
+    def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
+        genai = json.loads((source.path / "genai_config.json").read_text())
+        self._context = int(genai["model"].get("context_length") or genai["search"].get("max_length") or 4096)
+        try:
+            cfg = og.Config(str(source.path))
+            cfg.clear_providers()
+            if device.runtime_name != "cpu":
+                cfg.append_provider(device.runtime_name)
+            self._model = og.Model(cfg)
+        except RuntimeError as exc:
+            raise UsageError(f"ONNX Runtime GenAI could not load {source.name} on {device.name}: {exc}") from None
+        self._tok = og.Tokenizer(self._model)
+        eos = genai["model"].get("eos_token_id", [])
+        self._stop_ids = set(eos if isinstance(eos, list) else [eos]) | end_of_turn_ids(
+            self.tokenize, lambda ids: self._tok.decode(ids)
+        )
+        bos_id = genai["model"].get("bos_token_id")
+        self.info = ModelInfo(
+            name=source.name,
+            backend="onnxruntime",
+            device=device.name,
+            path=str(source.path),
+            chat_template=folder_chat_template(source.path),
+            bos_token=self._tok.decode([bos_id]) if isinstance(bos_id, int) else "",
+            eos_token=self._tok.decode([eos[0] if isinstance(eos, list) else eos]) if eos else "",
+            max_prompt_tokens=self._context - 1,
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return [int(t) for t in self._tok.encode(text)]
+
+    def generate(
+        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+    ) -> Iterator[TextDelta | Finished]:
+        ids = self._tok.encode(prompt)
+        n_prompt = len(ids)
+        if n_prompt >= self._context:
+            raise ContextLengthError(
+                f"the prompt has {n_prompt} tokens; this model's context is {self._context} tokens",
+                limit=self._context,
+                requested=n_prompt,
+            )
+        max_tokens = min(config.max_tokens, self._context - n_prompt)
+        params = og.GeneratorParams(self._model)
+        options: dict[str, object] = {
+            "max_length": n_prompt + max_tokens,
+            "do_sample": not config.greedy,
+            "repetition_penalty": config.repetition_penalty,
+        }
+        if not config.greedy:
+            options |= {"temperature": config.temperature, "top_p": config.top_p}
+            if config.top_k:
+                options["top_k"] = config.top_k
+            if config.seed is not None:
+                options["random_seed"] = config.seed
+        params.set_search_options(**options)
+        generator = og.Generator(self._model, params)
+        generator.append_tokens(ids)
+        stream = self._tok.create_stream()
+        generated = 0
+        reason = "length"
+        while not generator.is_done():
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            generated += 1
+            if token in self._stop_ids:
+                reason = "stop"
+                break
+            text = stream.decode(token)
+            if text:
+                yield TextDelta(text, _now())
+            if generated >= max_tokens:
+                break
+        else:
+            reason = "stop" if generated < max_tokens else "length"
+        yield Finished(reason, n_prompt, generated, _now())
+
+    def close(self) -> None:
+        self._model = None

@@ -1,0 +1,146 @@
+"""`aipc convert`: any Phi-3-family checkpoint into one backend's format and precision, into the store.
+
+Order of work: validate the request and pick the recipe from config.json (seconds), check disk space, then
+export into a staging folder and publish it with an atomic rename. A killed conversion leaves nothing that
+`list` or `run` picks up; two concurrent conversions of one variant produce one result.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aipc.convert import recipes, sources, targets
+from aipc.errors import UsageError
+from aipc.store import paths, store
+from aipc.store.publish import staged
+
+TOOLS = {
+    "openvino": ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "transformers", "torch"),
+    "onnx": ("onnxruntime-genai", "onnxruntime", "transformers", "torch"),
+    "gguf": ("gguf", "llama-cpp-python", "transformers"),
+}
+BYTES_PER_PARAM = {
+    "int4": 0.6,
+    "q4_0": 0.6,
+    "q4_k_m": 0.6,
+    "int8": 1.1,
+    "q8_0": 1.1,
+    "f16": 2.1,
+    "fp16": 2.1,
+    "fp32": 4.1,
+}
+
+
+def convert(
+    source: str,
+    to: str,
+    precision: str | None = None,
+    *,
+    device_target: str = "cpu",
+    name: str | None = None,
+    allow_pickle: bool = False,
+) -> store.Variant:
+    """Convert `source` and publish it as `name@<variant>`; an existing identical variant is reused."""
+    precision, device_target = recipes.check_request(to, precision, device_target)
+    if name is not None:
+        store.validate_name(name)
+    checkpoint = sources.prepare(source, allow_pickle=allow_pickle)
+    name = name or _default_name(checkpoint.name)
+    variant = store.variant_name(
+        {"openvino": "openvino-ir", "onnx": "onnx-genai", "gguf": "gguf"}[to], precision, device_target
+    )
+    target = store.variant_dir(name, variant)
+    if store.find(f"{name}@{variant}"):
+        return store.find(f"{name}@{variant}")[0]
+    work = paths.home() / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="convert-", dir=work) as scratch:
+        hf_dir, config, notes = _as_hf(checkpoint, Path(scratch), to)
+        recipe = recipes.recipe_for(to, precision, device_target, config)
+        needed = int(recipes.parameter_count(config) * BYTES_PER_PARAM[precision]) if config else 0
+        store.check_free_space(target.parent, needed)
+        for note in (*notes, *recipe.notes):
+            _say(note)
+        with staged(target) as tmp:
+            if tmp is not None:
+                log = Path(scratch) / "convert.log"
+                _export(checkpoint, hf_dir, tmp, recipe, log, Path(scratch), name)
+                store.write_manifest(tmp, _manifest(name, variant, to, recipe, checkpoint, config, notes))
+    return store.find(f"{name}@{variant}")[0]
+
+
+def _as_hf(checkpoint: sources.Checkpoint, scratch: Path, to: str) -> tuple[Path | None, dict[str, Any], list[str]]:
+    """The Hugging Face folder exporters read (a GGUF source is dequantized first, except GGUF -> GGUF)."""
+    if checkpoint.kind == "hf":
+        return checkpoint.path, checkpoint.config, []
+    if to == "gguf":
+        return None, {}, [f"requantizing {checkpoint.path.name} directly with llama.cpp"]
+    from aipc.convert.from_gguf import gguf_to_hf
+
+    hf = gguf_to_hf(checkpoint.path, scratch / "hf")
+    return hf, json.loads((hf / "config.json").read_text()), [f"dequantized {checkpoint.path.name} to fp32 first"]
+
+
+def _export(checkpoint, hf_dir, out: Path, recipe: recipes.Recipe, log: Path, scratch: Path, name: str) -> None:
+    if recipe.to == "openvino":
+        targets.export_openvino(hf_dir, out, recipe, log)
+    elif recipe.to == "onnx":
+        targets.export_onnx(hf_dir, out, recipe, log, scratch / "onnx-cache")
+    elif hf_dir is None:  # GGUF -> GGUF: requantize
+        targets.quantize_gguf(
+            checkpoint.path, out / f"{store.slug(name)}-{recipe.precision}.gguf", recipe.precision, log
+        )
+    else:
+        targets.export_gguf(hf_dir, out, recipe, log, store.slug(name))
+        targets.copy_tokenizer_files(hf_dir, out)
+
+
+def _manifest(name, variant, to, recipe, checkpoint, config, notes) -> dict[str, Any]:
+    fmt = {"openvino": "openvino-ir", "onnx": "onnx-genai", "gguf": "gguf"}[to]
+    return {
+        "name": name,
+        "variant": variant,
+        "format": fmt,
+        "backend": {"openvino": "openvino", "onnx": "onnxruntime", "gguf": "llamacpp"}[to],
+        "precision": recipe.precision,
+        "device_target": recipe.device_target,
+        "recipe": recipe.options,
+        "notes": [*notes, *recipe.notes],
+        "source": checkpoint.origin,
+        "architecture": (config.get("architectures") or [None])[0],
+        "context_length": config.get("max_position_embeddings"),
+        "synthetic": bool(config.get("aipc_synthetic")),
+        "tools": _versions(TOOLS[to]),
+        "python": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _versions(packages) -> dict[str, str]:
+    found = {}
+    for p in packages:
+        try:
+            found[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _default_name(hint: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._-:" else "-" for c in hint.lower()).strip("-.") or "model"
+    try:
+        return store.validate_name(cleaned[:64])
+    except UsageError:
+        return "model"
+
+
+def _say(note: str) -> None:
+    import sys
+
+    print(f"note: {note}", file=sys.stderr)
