@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,42 @@ def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeo
         input=input if input is not None else "",
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def fixtures_root() -> Path:
+    """Where generated checkpoints live for the session (inside the session's store folder)."""
+    root = Path(os.environ["AIPC_HOME"]) / "test-fixtures"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phi3_fixtures(fixtures_root) -> dict[str, Path]:
+    """The synthetic Phi-3 checkpoints: tiny, tiny-longrope (128k rope scaling), tiny-phi4 (partial rotary,
+    GQA, tied embeddings). Made once per session, offline, in a few seconds each."""
+    from aipc.convert.synthetic import make_phi3
+
+    made = {}
+    for shape in ("tiny", "tiny-longrope", "tiny-phi4"):
+        folder = fixtures_root / shape
+        if not (folder / "model.safetensors").is_file():
+            make_phi3(folder, shape)
+        made[shape] = folder
+    return made
+
+
+@pytest.fixture(scope="session")
+def smollm2_phi3(fixtures_root) -> Path:
+    """The embedded SmolLM2-135M-Instruct, dequantized and repacked into the Phi-3 layout (lossless): a real,
+    coherent model in the exact Phi-3 graph (~50 s, once per session)."""
+    from aipc.convert.from_gguf import gguf_to_hf, repack_as_phi3
+    from aipc.store.resolve import resolve
+
+    folder = fixtures_root / "smollm2-phi3"
+    if not (folder / "model.safetensors").is_file():
+        llama = fixtures_root / "smollm2-llama"
+        if not (llama / "model.safetensors").is_file():
+            gguf_to_hf(resolve(None).path, llama)
+        repack_as_phi3(llama, folder)
+    return folder

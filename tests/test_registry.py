@@ -7,9 +7,9 @@ from aipc.store.resolve import resolve
 
 
 def test_only_known_backends():
-    assert registry.names() == ["openvino"]
-    with pytest.raises(BackendUnavailableError, match="unknown backend 'llamacpp': valid backends are auto, openvino"):
-        registry.get("llamacpp")
+    assert registry.names() == ["openvino", "onnxruntime", "llamacpp", "torch"]
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'mlc': valid backends are auto, openvino, onnx"):
+        registry.get("mlc")
 
 
 def test_auto_picks_a_present_device_and_never_the_emulated_npu(monkeypatch):
@@ -23,7 +23,7 @@ def test_auto_picks_a_present_device_and_never_the_emulated_npu(monkeypatch):
 
 def test_absent_device_lists_present_ones(monkeypatch):
     monkeypatch.delenv("AIPC_EMULATE_NPU", raising=False)
-    with pytest.raises(DeviceNotAvailableError, match="device 'npu' is not available to openvino; present: cpu"):
+    with pytest.raises(DeviceNotAvailableError, match=r"device 'npu' is not available to openvino \(present: cpu\)"):
         registry.choose(resolve(None), LoadConfig(device="npu"))
     monkeypatch.setenv("AIPC_EMULATE_NPU", "1")
     _, device = registry.choose(resolve(None), LoadConfig(device="npu"))

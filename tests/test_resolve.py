@@ -46,8 +46,10 @@ def test_paths(tmp_path):
     assert resolve(str(tmp_path / "ir")).format == "openvino-ir"
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")
-    with pytest.raises(UsageError, match="Hugging Face checkpoint"):
+    with pytest.raises(UsageError, match="Hugging Face checkpoint without safetensors"):
         resolve(str(tmp_path / "hf"))
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"")
+    assert resolve(str(tmp_path / "hf")).format == "hf"
     (tmp_path / "weights.bin").write_bytes(b"\x80\x04")
     with pytest.raises(UsageError, match="unsupported model file weights.bin"):
         resolve(str(tmp_path / "weights.bin"))

@@ -36,6 +36,8 @@ class ModelInfo:
     bos_token: str = ""
     eos_token: str = ""
     max_prompt_tokens: int | None = None
+    # How many generations may run at once (the server sizes its slots from it); 1 for a single pipeline.
+    parallel: int = 1
 
 
 class Backend(Protocol):
@@ -103,3 +105,40 @@ def stream_from_callback(
     finally:
         cancel.set()
         thread.join()
+
+
+def end_of_turn_ids(encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]) -> set[int]:
+    """Ids of the end-of-turn token strings (`template.END_OF_TURN_STRINGS`) that are single tokens here."""
+    from aipc.engine.template import END_OF_TURN_STRINGS
+
+    ids = set()
+    for text in END_OF_TURN_STRINGS:
+        enc = encode(text)
+        if len(enc) == 1 and decode(enc) == text:
+            ids.add(int(enc[0]))
+    return ids
+
+
+def folder_chat_template(folder) -> str | None:
+    """The chat template a Hugging Face-style folder ships: chat_template.jinja, else tokenizer_config.json."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def refuse_unsupported(config: GenerationConfig, backend: str) -> None:
+    """Options a backend cannot honour are refused by name, never silently dropped."""
+    if config.json_schema is not None:
+        from aipc.errors import UsageError
+
+        raise UsageError(f"structured output (json_schema) is not supported by the {backend} backend: use openvino")

@@ -10,11 +10,12 @@ import codecs
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from time import perf_counter as _now
 
 import llama_cpp
 
-from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids
+from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, refuse_unsupported
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import ContextLengthError, UsageError
@@ -40,20 +41,9 @@ class LlamaCppBackend:
 class LlamaCppModel:
     def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
-        try:
-            probe = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-            trained = int(probe.metadata.get(f"{probe.metadata.get('general.architecture')}.context_length", 0))
-            del probe
-            self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-            self._llm = llama_cpp.Llama(
-                str(path),
-                n_ctx=self._ctx,
-                n_threads=os.cpu_count(),
-                n_gpu_layers=-1 if device.name == "gpu" else 0,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise UsageError(f"llama.cpp could not load {source.name}: {exc}") from None
+        self._llm = self._open(path, device)
+        trained = int(self._llm.metadata.get(f"{self._llm.metadata.get('general.architecture')}.context_length", 0))
+        self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         vocab = self._llm._model.vocab
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
         self._stop_ids = end_of_turn_ids(self.tokenize, self._decode_special)
@@ -69,6 +59,19 @@ class LlamaCppModel:
             max_prompt_tokens=self._ctx - 1,
         )
 
+    @staticmethod
+    def _open(path: Path, device: DeviceInfo) -> llama_cpp.Llama:
+        try:
+            return llama_cpp.Llama(
+                str(path),
+                n_ctx=DEFAULT_CONTEXT,
+                n_threads=os.cpu_count(),
+                n_gpu_layers=-1 if device.name == "gpu" else 0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(f"llama.cpp could not load {path.name}: {exc}") from None
+
     def _decode_special(self, ids: list[int]) -> str:
         return self._llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
 
@@ -78,6 +81,7 @@ class LlamaCppModel:
     def generate(
         self, prompt: str, config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
+        refuse_unsupported(config, "llamacpp")
         ids = self.tokenize(prompt)
         n_prompt = len(ids)
         if n_prompt >= self._ctx:
@@ -101,12 +105,14 @@ class LlamaCppModel:
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated = 0
+        produced: list[int] = []
         reason = "length"
         previous: list[int] = []
         tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
         try:
             for token in tokens:
                 generated += 1
+                produced.append(token)
                 if token in self._stop_ids or self._is_eog(token):
                     reason = "stop"
                     break
@@ -121,7 +127,7 @@ class LlamaCppModel:
                     break
         finally:
             tokens.close()
-        yield Finished(reason, n_prompt, generated, _now())
+        yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
 
     def close(self) -> None:
         if self._llm is not None:

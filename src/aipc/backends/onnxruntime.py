@@ -10,7 +10,7 @@ from time import perf_counter as _now
 
 import onnxruntime_genai as og
 
-from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, folder_chat_template
+from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, folder_chat_template, refuse_unsupported
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import ContextLengthError, UsageError
@@ -71,6 +71,7 @@ class OnnxRuntimeModel:
     def generate(
         self, prompt: str, config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
+        refuse_unsupported(config, "onnxruntime")
         ids = self._tok.encode(prompt)
         n_prompt = len(ids)
         if n_prompt >= self._context:
@@ -97,6 +98,7 @@ class OnnxRuntimeModel:
         generator.append_tokens(ids)
         stream = self._tok.create_stream()
         generated = 0
+        produced: list[int] = []
         reason = "length"
         while not generator.is_done():
             if cancel.is_set():
@@ -105,6 +107,7 @@ class OnnxRuntimeModel:
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             generated += 1
+            produced.append(token)
             if token in self._stop_ids:
                 reason = "stop"
                 break
@@ -115,7 +118,7 @@ class OnnxRuntimeModel:
                 break
         else:
             reason = "stop" if generated < max_tokens else "length"
-        yield Finished(reason, n_prompt, generated, _now())
+        yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
 
     def close(self) -> None:
         self._model = None

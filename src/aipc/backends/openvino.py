@@ -47,6 +47,8 @@ def pipeline_properties(config: LoadConfig, device: DeviceInfo) -> dict[str, obj
             props["NPUW_DEVICES"] = "CPU"
     else:
         props |= {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if config.precision_hint == "f32":
+        props |= {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
     return props
 
 
@@ -80,14 +82,9 @@ class OpenVINOModel:
 
     def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
         is_npu = device.name.startswith("npu")
-        path = source.path
-        if source.format == "gguf":
-            from aipc.convert.gguf_openvino import ir_for_gguf
-
-            # A GGUF file becomes IR once (cached): it loads faster, and the NPU compiles only mended IR.
-            path = ir_for_gguf(source.path, "npu" if is_npu else "compressed")
+        path = ir_path(source, device)
         try:
-            self._pipe = ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device))
+            self._pipe = self._open(path, config, device)
         except RuntimeError as exc:
             raise UsageError(f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}") from None
         self._tok = self._pipe.get_tokenizer()
@@ -103,8 +100,14 @@ class OpenVINOModel:
             max_prompt_tokens=config.npu_max_prompt_len if is_npu else None,
         )
 
+    def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
+        return ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device))
+
+    def _default_generation_config(self) -> ov_genai.GenerationConfig:
+        return self._pipe.get_generation_config()
+
     def _end_of_turn_ids(self) -> set[int]:
-        ids = set(self._pipe.get_generation_config().stop_token_ids)
+        ids = set(self._default_generation_config().stop_token_ids)
         eos = self._tok.get_eos_token_id()
         if eos >= 0:
             ids.add(eos)
@@ -132,6 +135,8 @@ class OpenVINOModel:
                 gc.top_k = cfg.top_k
             if cfg.seed is not None:
                 gc.rng_seed = cfg.seed
+        if cfg.json_schema is not None:
+            gc.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=cfg.json_schema)
         return gc
 
     def generate(
@@ -156,12 +161,22 @@ class OpenVINOModel:
                 raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
             tokens = result.tokens[0]
             reason = "cancelled" if cancel.is_set() else _FINISH.get(result.finish_reasons[0], "stop")
-            return Finished(reason, n_prompt, len(tokens), _now())
+            return Finished(reason, n_prompt, len(tokens), _now(), tuple(int(t) for t in tokens))
 
         return stream_from_callback(run, cancel)
 
     def close(self) -> None:
         self._pipe = None
+
+
+def ir_path(source: ModelSource, device: DeviceInfo) -> Path:
+    """The OpenVINO IR folder for `source` on `device`: a GGUF file becomes IR once (cached in the store), which
+    loads faster, and the NPU compiles only mended IR."""
+    if source.format != "gguf":
+        return source.path
+    from aipc.convert.gguf_openvino import ir_for_gguf
+
+    return ir_for_gguf(source.path, "npu" if device.name.startswith("npu") else "compressed")
 
 
 def _last_line(exc: BaseException) -> str:

@@ -49,12 +49,96 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a stats line: load time, prompt tokens, TTFT, next-token latency, tokens/s",
     )
     run.set_defaults(handler="aipc.cli.run:command")
+    _add_serve(sub)
+    _add_model_commands(sub)
     return parser
+
+
+def _add_serve(sub) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API, with a chat page",
+        description="Serve MODEL (default: the embedded smollm2:135m) over an OpenAI-compatible API "
+        "(/v1/chat/completions, /v1/completions, /v1/models, /health) with a web chat page at /. "
+        "Listens on 127.0.0.1 unless told otherwise; any other address needs --api-key.",
+    )
+    serve.add_argument("model", nargs="?", metavar="MODEL", help="catalog name, .gguf file or OpenVINO IR folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=11435, help="port (default: 11435; 0 picks a free one)")
+    serve.add_argument("--backend", default="auto", help="auto or openvino (default: auto)")
+    serve.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto)")
+    serve.add_argument(
+        "--parallel", type=int, default=1, help="generations at once (default 1; >1 batches them on CPU/GPU)"
+    )
+    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait beyond those (default 16)")
+    serve.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' (default: $AIPC_API_KEY); needed off loopback"
+    )
+    serve.add_argument(
+        "--allowed-origin", action="append", default=[], metavar="ORIGIN", help="a web origin allowed to call (CORS)"
+    )
+    serve.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME", help="another Host name to answer to"
+    )
+    serve.add_argument("--context-length", type=int, help="prompt + answer tokens allowed (default: the model's)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM (default 30)"
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    serve.set_defaults(handler="aipc.cli.serve:command")
+
+
+def _add_model_commands(sub) -> None:
+    """convert, pull, list, show, rm: the model store."""
+    convert = sub.add_parser(
+        "convert",
+        help="convert a checkpoint into a backend's format and precision, into the store",
+        description="Convert SOURCE (a Hugging Face folder, a hub id, a .gguf file or a catalog name) for one "
+        "backend: openvino (int4, int8, fp16), onnx (int4, int8, fp16, fp32) or gguf (f16, q8_0, q4_0, q4_k_m).",
+    )
+    convert.add_argument("source", metavar="SOURCE")
+    convert.add_argument("--to", required=True, metavar="FORMAT", help="openvino, onnx or gguf")
+    convert.add_argument("--precision", help="default: int4 for openvino and onnx, q4_k_m for gguf")
+    convert.add_argument("--device-target", default="cpu", help="cpu, gpu or npu (openvino); cpu, cuda or dml (onnx)")
+    convert.add_argument("--name", help="the name in the store (default: from the source)")
+    convert.add_argument("--allow-pickle", action="store_true", help="accept .bin/.pt weights (pickle can run code)")
+    convert.set_defaults(handler="aipc.cli.models:convert_command")
+
+    pull = sub.add_parser("pull", help="fetch a catalog model from the hub and convert it for this machine")
+    pull.add_argument("name", metavar="NAME")
+    pull.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES}: the device to convert for")
+    pull.set_defaults(handler="aipc.cli.models:pull_command")
+
+    ls = sub.add_parser("list", aliases=["ls"], help="list the models in the store")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(handler="aipc.cli.models:list_command")
+
+    show = sub.add_parser("show", help="show a stored model: source, recipe, backend, precision, size, created")
+    show.add_argument("name", metavar="NAME[@VARIANT]")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler="aipc.cli.models:show_command")
+
+    devices = sub.add_parser("devices", help="list what each backend can use here: CPU, GPU, NPU")
+    devices.add_argument("--json", action="store_true", help="machine-readable output")
+    devices.set_defaults(handler="aipc.cli.devices:devices_command")
+    doctor = sub.add_parser("doctor", help="explain what is missing for each backend and device, and how to fix it")
+    doctor.set_defaults(handler="aipc.cli.devices:doctor_command")
+
+    rm = sub.add_parser("rm", help="remove a stored model (every variant) or one NAME@VARIANT")
+    rm.add_argument("names", nargs="+", metavar="NAME[@VARIANT]")
+    rm.set_defaults(handler="aipc.cli.models:rm_command")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `aipc run MODEL --verbose "prompt"`: argparse stops filling a '*' positional at the first option.
+        if getattr(args, "command", None) == "run" and not any(e.startswith("-") for e in extra):
+            args.words += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0

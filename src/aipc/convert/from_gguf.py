@@ -25,31 +25,82 @@ TOKENIZER_FILES = (
 
 
 def gguf_to_hf(gguf: Path, out: Path) -> Path:
-    """Dequantize `gguf` into a safetensors checkpoint folder at `out`."""
+    """Dequantize `gguf` into a safetensors checkpoint folder at `out`, with a tokenizer rebuilt from the GGUF's
+    own metadata (transformers' GGUF tokenizer conversion mislabels BPE vocabularies: wrong class, wrong EOS,
+    extra tokens)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ConversionError(f"transformers could not read {gguf.name}: {exc}") from None
+    meta = gguf_metadata(gguf)
+    model.generation_config.eos_token_id = meta.get("tokenizer.ggml.eos_token_id")
+    model.generation_config.bos_token_id = meta.get("tokenizer.ggml.bos_token_id")
+    model.config.eos_token_id = meta.get("tokenizer.ggml.eos_token_id")
+    model.config.bos_token_id = meta.get("tokenizer.ggml.bos_token_id")
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    _fix_bytelevel_decoder(out / "tokenizer.json")
+    tokenizer_from_gguf(meta, out)
     return out
 
 
-def _fix_bytelevel_decoder(path: Path) -> None:
-    """transformers writes a SentencePiece-style decoder chain for GGUF BPE tokenizers; byte-level BPE needs
-    plain ByteLevel (OpenVINO's detokenizer conversion fails on the chain)."""
-    if not path.is_file():
-        return
-    data = json.loads(path.read_text())
-    pre = json.dumps(data.get("pre_tokenizer") or {})
-    if data.get("model", {}).get("type") == "BPE" and "ByteLevel" in pre:
-        data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
-        path.write_text(json.dumps(data, ensure_ascii=False))
+def gguf_metadata(gguf: Path) -> dict:
+    """The GGUF file's key/value metadata (arrays as lists), tensors left unread."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+
+
+# llama.cpp's BPE pre-tokenizer names -> the Hugging Face pre-tokenizer that splits text the same way.
+_DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "qwen2", "deepseek-coder")
+
+
+def tokenizer_from_gguf(meta: dict, out: Path) -> None:
+    """Write tokenizer.json + tokenizer_config.json for a GGUF `gpt2` (byte-level BPE) vocabulary."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ConversionError(
+            f"rebuilding a {meta.get('tokenizer.ggml.model')!r} GGUF tokenizer is not supported (only byte-level BPE)"
+        )
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    types: list[int] = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if meta.get("tokenizer.ggml.pre") in _DIGITS_THEN_GPT2:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    # GGUF token types: 3 = control (special), 4 = user-defined.
+    specials = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types, strict=True) if ty == 3]
+    tok.add_special_tokens(specials)
+
+    def name(key: str) -> str | None:
+        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[idx] if isinstance(idx, int) and 0 <= idx < len(tokens) else None
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=name("bos"),
+        eos_token=name("eos"),
+        unk_token=name("unknown"),
+        pad_token=name("padding"),
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(meta.get(f"{meta.get('general.architecture')}.context_length", 2048)),
+    )
+    if meta.get("tokenizer.chat_template"):
+        fast.chat_template = meta["tokenizer.chat_template"]
+    fast.save_pretrained(out)
+    # Byte-level BPE is GPT-2's tokenizer type; llama.cpp's Phi-3 converter reads this to pick its vocab path.
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "GPT2Tokenizer"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def repack_as_phi3(llama_dir: Path, out: Path) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def _from_hub(repo: str, name: str, allow_pickle: bool) -> Checkpoint:
         from huggingface_hub import HfApi, snapshot_download
     except ImportError:
         raise UsageError("fetching from the hub needs huggingface-hub: pip install 'aipc[hub]'") from None
+    hub.quiet_progress()
     info = HfApi(endpoint=hub.endpoint()).model_info(repo)
     files = [s.rfilename for s in info.siblings or []]
     patterns = list(HUB_PATTERNS)
@@ -87,6 +89,7 @@ def _from_hub(repo: str, name: str, allow_pickle: bool) -> Checkpoint:
     with staged(target) as tmp:
         if tmp is not None:
             snapshot_download(repo, revision=info.sha, local_dir=tmp, allow_patterns=patterns, endpoint=hub.endpoint())
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
     origin = {"kind": "hub", "repo": repo, "commit": info.sha, "endpoint": hub.endpoint()}
     return _from_folder(target, allow_pickle, origin, name=name)
 

@@ -94,6 +94,8 @@ def export_gguf(checkpoint: Path, out: Path, recipe: Recipe, log: Path, name: st
         direct,
         "--outfile",
         str(first),
+        "--model-name",
+        _gguf_model_name(name, checkpoint),
     ]
     run_tool(f"converting to GGUF {direct}", argv, log, env={"PYTHONPATH": str(tools / "gguf-py")})
     if direct == precision:
@@ -102,6 +104,21 @@ def export_gguf(checkpoint: Path, out: Path, recipe: Recipe, log: Path, name: st
     quantize_gguf(first, final, precision, log)
     first.unlink()
     return final
+
+
+def _gguf_model_name(name: str, checkpoint: Path) -> str:
+    """llama.cpp applies Phi-3's SentencePiece token attributes to any model whose *name* says phi3, and then
+    needs `<s>`, `</s>` and `<unk>` in the vocabulary; a Phi-3-layout model with another vocabulary (byte-level
+    BPE) must not be named so."""
+    import json
+
+    tokenizer = checkpoint / "tokenizer.json"
+    if tokenizer.is_file():
+        vocab = json.loads(tokenizer.read_text()).get("model", {}).get("vocab", {})
+        if "</s>" not in vocab:
+            for word in ("phi-3", "phi3", "Phi-3", "Phi3"):
+                name = name.replace(word, "p3")
+    return name
 
 
 def quantize_gguf(src: Path, dst: Path, precision: str, log: Path) -> None:

@@ -25,13 +25,21 @@ class LoadConfig:
     npu_max_prompt_len: int = 1024
     npu_min_response_len: int = 128
     cache_dir: str | None = None
+    # "f32" asks runtimes that compute in reduced precision by default (OpenVINO's CPU plugin uses bf16 where
+    # the CPU has it) for full fp32 math and KV cache: slower, but bit-comparable with the reference.
+    precision_hint: str | None = None
+    # Generations the opened model runs at once. Above 1, backends that can batch (OpenVINO on CPU/GPU:
+    # continuous batching) open a batching pipeline; others run one generation at a time.
+    parallel: int = 1
 
     def __post_init__(self) -> None:
         device = self.device.lower()
         if device.split(".")[0] not in DEVICES:
             raise InvalidConfigError(f"unknown device {self.device!r}: valid devices are {', '.join(DEVICES)}")
         object.__setattr__(self, "device", device)
-        for name in ("npu_max_prompt_len", "npu_min_response_len"):
+        if self.precision_hint not in (None, "f32"):
+            raise InvalidConfigError(f"precision_hint must be None or 'f32', got {self.precision_hint!r}")
+        for name in ("npu_max_prompt_len", "npu_min_response_len", "parallel"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -48,6 +56,8 @@ class GenerationConfig:
     seed: int | None = None
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    # A JSON Schema (as JSON text) the answer must conform to; the runtime constrains decoding to it.
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -64,6 +74,8 @@ class GenerationConfig:
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise InvalidConfigError(f"stop strings must be non-empty strings, got {s!r}")
+        if self.json_schema is not None:
+            _check_json_schema(self.json_schema)
 
     @property
     def greedy(self) -> bool:
@@ -78,6 +90,17 @@ class GenerationConfig:
                 f"unknown generation option(s) {', '.join(unknown)}: valid options are {', '.join(sorted(known))}"
             )
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_json_schema(value: Any) -> None:
+    import json
+
+    try:
+        schema = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        schema = None
+    if not isinstance(schema, dict):
+        raise InvalidConfigError(f"json_schema must be a JSON Schema object as JSON text, got {value!r:.80}")
 
 
 def _check_int(name: str, value: Any, *, low: int, hint: str) -> None:

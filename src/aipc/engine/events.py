@@ -46,6 +46,7 @@ class Done:
     timings: Timings
     backend: str
     device: str
+    token_ids: tuple[int, ...] = ()  # the generated ids (end-of-turn token included), for parity and eval
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     t: float
+    token_ids: tuple[int, ...] = ()
 
 
 Event = TextDelta | Done

@@ -108,6 +108,7 @@ class Model:
             timings=compute_timings(start, first, finished.t, finished.completion_tokens),
             backend=info.backend,
             device=info.device,
+            token_ids=finished.token_ids,
         )
 
     # --- lifetime ------------------------------------------------------------------------------------
@@ -165,12 +166,11 @@ def load(
 ) -> Model:
     """Open `model` (a catalog name or a path; None is the embedded default) on the best or chosen device."""
     from aipc.backends import registry
-    from aipc.store.resolve import resolve
+    from aipc.store.resolve import resolve_all
 
     config = LoadConfig(backend=backend, device=device, **load_options)
     started = time.perf_counter()
-    source = resolve(model)
-    backend_type, dev = registry.choose(source, config)
+    backend_type, dev, source = registry.choose_source(resolve_all(model), config)
     opened = backend_type.load(source, config, dev)
     defaults = GenerationConfig().updated(**source.defaults)
     return Model(opened, defaults, time.perf_counter() - started)

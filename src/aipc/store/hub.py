@@ -22,6 +22,16 @@ def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+def quiet_progress() -> None:
+    """huggingface_hub's progress bars belong on a terminal, not in pipes or logs."""
+    import sys
+
+    if not sys.stderr.isatty():
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
 def reachable(timeout: float = 3.0) -> bool:
     """Whether the hub answers at all; offline machines answer no quickly or time out."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -55,6 +65,7 @@ def fetch_openvino(entry: catalog.CatalogEntry):
         raise BackendUnavailableError(
             "downloading from the hub needs huggingface-hub: pip install 'aipc[hub]'"
         ) from None
+    quiet_progress()
     commit = HfApi(endpoint=endpoint()).model_info(repo).sha
     with staged(target) as tmp:
         if tmp is not None:

@@ -11,7 +11,7 @@ from typing import Any
 from aipc.errors import ModelNotFoundError, UsageError
 from aipc.store import catalog, hub
 
-FORMATS = ("gguf", "openvino-ir", "onnx-genai")
+FORMATS = ("gguf", "openvino-ir", "onnx-genai", "hf")
 _PATH_HINT = "a .gguf file, an OpenVINO IR folder or an ONNX Runtime GenAI folder"
 
 
@@ -30,6 +30,7 @@ class ModelSource:
     precision: str = ""
     device_target: str = "any"
     variant: str = ""
+    backend: str = ""  # the backend a stored variant was made for, tried first
 
 
 # Stored variants are tried fastest first: fewer bits read per token.
@@ -55,6 +56,13 @@ def resolve_all(spec: str | None) -> list[ModelSource]:
     return [resolve(spec)]
 
 
+def _entry_file(folder: Path, fmt: str) -> Path:
+    """What a backend opens for a stored variant: the folder, or the GGUF file inside it."""
+    if fmt == "gguf":
+        return next(folder.glob("*.gguf"), folder)
+    return folder
+
+
 def _is_store_name(spec: str) -> bool:
     from aipc.store import store
 
@@ -70,7 +78,16 @@ def _stored(spec: str) -> list[ModelSource]:
     entry = catalog.CATALOG.get(spec.partition("@")[0])
     defaults = dict(entry.defaults) if entry else {}
     found = [
-        ModelSource(v.name, v.format, v.path, defaults, v.precision, v.device_target, v.variant)
+        ModelSource(
+            v.name,
+            v.format,
+            _entry_file(v.path, v.format),
+            defaults,
+            v.precision,
+            v.device_target,
+            v.variant,
+            v.manifest.get("backend", ""),
+        )
         for v in store.find(spec)
     ]
     rank = {p: i for i, p in enumerate(_PRECISION_ORDER)}
@@ -162,9 +179,11 @@ def _from_path(path: Path) -> ModelSource:
     if len(ggufs) == 1:
         return ModelSource(ggufs[0].stem, "gguf", _checked_gguf(ggufs[0]))
     if (path / "config.json").is_file():
+        if any(path.glob("*.safetensors")):
+            return ModelSource(path.name, "hf", path, backend="torch")
         raise UsageError(
-            f"{path} is a Hugging Face checkpoint: convert it to a runnable format first "
-            "(optimum-cli export openvino, or a GGUF file)"
+            f"{path} is a Hugging Face checkpoint without safetensors weights: convert it with "
+            "`aipc convert --allow-pickle` if you trust its pickle files"
         )
     raise UsageError(f"{path} holds no model: expected {_PATH_HINT}")
 

@@ -1,0 +1,121 @@
+"""The one place that maps errors to HTTP: aipc's own errors, the server's, and anything unexpected.
+
+Bodies have the shape OpenAI clients parse, `{"error": {"message", "type", "param", "code"}}`, so the official
+SDKs raise their usual exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aipc.errors import (
+    AipcError,
+    BackendUnavailableError,
+    ContextLengthError,
+    DeviceNotAvailableError,
+    InvalidConfigError,
+    ModelNotFoundError,
+    UsageError,
+)
+
+log = logging.getLogger("aipc.server")
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+class APIError(Exception):
+    """An error with its HTTP status and OpenAI error fields; raised anywhere in a request, answered once."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the answer was ready: nothing is left to answer."""
+
+
+def to_api_error(exc: BaseException, *, param: str | None = None) -> APIError:
+    """The HTTP form of `exc`. `param` names the request field the error is about, when the caller knows it."""
+    if isinstance(exc, APIError):
+        return exc
+    message = str(exc)
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, message, param=param or "messages", code="context_length_exceeded")
+    if isinstance(exc, ModelNotFoundError):
+        return APIError(404, message, param="model", code="model_not_found")
+    if isinstance(exc, InvalidConfigError):
+        return APIError(400, message, param=param or message.split(" ", 1)[0], code="invalid_value")
+    if isinstance(exc, (DeviceNotAvailableError, BackendUnavailableError)):
+        return APIError(500, message, type=SERVER_ERROR)
+    if isinstance(exc, UsageError):  # e.g. a chat template that refuses the messages
+        return APIError(400, message, param=param)
+    if isinstance(exc, AipcError):
+        return APIError(500, message, type=SERVER_ERROR)
+    log.error("unexpected error while serving a request", exc_info=exc)
+    return APIError(500, "internal server error (see the server's log)", type=SERVER_ERROR)
+
+
+def json_bytes(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def sse_error(exc: BaseException) -> bytes:
+    """An error after a stream has begun (the status line is already sent): one SSE event, as OpenAI sends it."""
+    return b"data: " + json_bytes(to_api_error(exc).body()) + b"\n\n"
+
+
+async def send_error(send: Any, error: APIError) -> None:
+    """Answer with `error` straight through ASGI (used by middleware, before any route runs)."""
+    body = json_bytes(error.body())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def install(app: Any) -> None:
+    """Route every error a FastAPI app can meet through `to_api_error`."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    def respond(error: APIError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    async def on_api_error(_request: Any, exc: Exception) -> JSONResponse:
+        return respond(to_api_error(exc))
+
+    async def on_http_exception(request: Any, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            error = APIError(404, f"unknown URL: {request.method} {request.url.path}", code="unknown_url")
+        elif exc.status_code == 405:
+            error = APIError(405, f"method {request.method} is not allowed on {request.url.path}", code="bad_method")
+        else:
+            error = APIError(exc.status_code, str(exc.detail))
+        error.headers.update(exc.headers or {})
+        return respond(error)
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(AipcError, on_api_error)
+    app.add_exception_handler(HTTPException, on_http_exception)
+    app.add_exception_handler(Exception, on_api_error)

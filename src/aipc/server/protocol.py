@@ -1,0 +1,273 @@
+"""OpenAI request bodies, validated strictly, and the response objects the API returns.
+
+Pydantic lives here, at the HTTP edge, and nowhere else: a validated request becomes plain values (messages as
+dicts, generation options as a dict for `GenerationConfig`) before it reaches the engine. Validation is strict
+(no "0.5" for 0.5, no true for 1) and every failure becomes a 400 naming the field in `param`. Fields OpenAI
+defines but this server cannot honour are refused by name rather than silently ignored; fields OpenAI does not
+define are refused as OpenAI refuses them ("Unrecognized request argument supplied").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aipc.server.errors import APIError
+
+MAX_STOP = 4  # as OpenAI
+MAX_STOP_CHARS = 256
+NOT_SUPPORTED = "is not supported by this server"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Body):
+    """`text`, `json_object` (any JSON object) or `json_schema` (constrained to the schema)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    def schema_text(self) -> str | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return '{"type": "object"}'
+        spec = self.json_schema or {}
+        schema = spec.get("schema", {"type": "object"})
+        if not isinstance(schema, dict):
+            raise APIError(400, "response_format.json_schema.schema must be an object", param="response_format")
+        return json.dumps(schema)
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self, index: int) -> str:
+        """The message's text: a string, or the concatenated text of `{"type": "text"}` parts."""
+        if isinstance(self.content, str):
+            return self.content
+        if self.content is None:
+            raise APIError(400, f"messages[{index}].content must be a string", param=f"messages[{index}].content")
+        texts = []
+        for j, part in enumerate(self.content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(
+                    400,
+                    f"messages[{index}].content[{j}]: only text content parts are supported by this model",
+                    param=f"messages[{index}].content",
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+
+
+class _Sampling(_Body):
+    """What chat and text completions share."""
+
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=128)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # Not OpenAI's, but common in local servers (vLLM, llama.cpp): aipc's own sampling options.
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> list[str]:
+        stops = [] if value is None else [value] if isinstance(value, str) else value
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(stops)}")
+        for s in stops:
+            if not s or len(s) > MAX_STOP_CHARS:
+                raise ValueError(f"each stop sequence must have 1 to {MAX_STOP_CHARS} characters")
+        return stops
+
+    def check_supported(self) -> None:
+        """Refuse, by name, what this server cannot honour (rather than answer as if it had)."""
+        if self.n != 1:
+            raise APIError(400, f"n={self.n} is not supported: this server returns exactly one choice (n=1)", param="n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise APIError(400, f"{name} {NOT_SUPPORTED}; repetition_penalty is", param=name)
+        if self.logit_bias:
+            raise APIError(400, f"logit_bias {NOT_SUPPORTED}", param="logit_bias")
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
+
+    def options(self, max_tokens: int | None) -> dict[str, Any]:
+        """The generation options for the engine (`GenerationConfig` names); None keeps the model's default."""
+        values = {
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "stop": tuple(self.stop) if self.stop else None,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs or self.top_logprobs is not None:
+            raise APIError(400, "logprobs is not supported by this backend", param="logprobs")
+        for name in ("tools", "functions"):
+            if getattr(self, name):
+                raise APIError(400, f"{name} (tool calling) {NOT_SUPPORTED}", param=name)
+        for name in ("tool_choice", "function_call"):
+            if getattr(self, name) not in (None, "none", "auto"):
+                raise APIError(400, f"{name} {NOT_SUPPORTED}", param=name)
+        if self.store:
+            raise APIError(400, f"store=true {NOT_SUPPORTED}: nothing is kept", param="store")
+
+    def wanted_max_tokens(self) -> int | None:
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
+        return self.max_completion_tokens or self.max_tokens
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """Messages as the engine takes them; "developer" is OpenAI's newer name for "system"."""
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
+            for i, m in enumerate(self.messages)
+        ]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for the legacy completions API
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs is not None:
+            raise APIError(400, "logprobs is not supported by this backend", param="logprobs")
+        if self.suffix:
+            raise APIError(400, f"suffix (fill-in-the-middle) {NOT_SUPPORTED}", param="suffix")
+        if self.best_of not in (None, 1):
+            raise APIError(400, f"best_of={self.best_of} is not supported: only 1", param="best_of")
+
+    def prompt_text(self) -> str:
+        if not isinstance(self.prompt, str) and len(self.prompt) != 1:
+            raise APIError(400, "prompt must be a string (or a list of exactly one string)", param="prompt")
+        text = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        if not text:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        return text
+
+
+def parse(cls: type[_Body], data: Any) -> Any:
+    """`data` (decoded JSON) as a `cls`, or a 400 that names the first offending field."""
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {_json_type(data)}", param=None)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+def _validation_error(exc: ValidationError) -> APIError:
+    err = exc.errors(include_url=False)[0]
+    param = _param(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
+    if kind == "missing":
+        return APIError(400, f"Missing required parameter: '{param}'", param=param, code="missing_required_parameter")
+    if kind == "value_error":  # our own validators' messages say what was given
+        return APIError(400, f"Invalid value for '{param}': {err['msg'].removeprefix('Value error, ')}", param=param)
+    message = err["msg"]
+    got = err.get("input")
+    shown = json.dumps(got)[:60] if _jsonable(got) else type(got).__name__
+    return APIError(400, f"Invalid value for '{param}': {message} (got {shown})", param=param, code="invalid_value")
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    """`("messages", 0, "role")` -> "messages[0].role"; union-member tags that pydantic adds are dropped."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_TAGS or "[" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-before"}
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, dict))
+
+
+# --- responses -----------------------------------------------------------------------------------------------
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "aipc"}
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,71 @@
+"""Reading a GGUF file's metadata (its key/value header) with the standard library alone.
+
+Runtime code needs a few facts from GGUF files (architecture, context length, file type) without importing
+a converter package; tensors are never read.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from aipc.errors import UsageError
+
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+def read_metadata(path: Path, *, arrays: bool = False) -> dict[str, Any]:
+    """The header's key/values. Arrays (vocabularies, merges) are skipped unless `arrays` is true."""
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise UsageError(f"{path} is not a GGUF file")
+        version = _unpack(fh, "I")
+        if version < 2:
+            raise UsageError(f"{path} is GGUF version {version}; aipc reads version 2 and later")
+        _unpack(fh, "Q")  # tensor count
+        n_kv = _unpack(fh, "Q")
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = _string(fh)
+            meta[key] = _value(fh, _unpack(fh, "I"), keep=arrays)
+        return {k: v for k, v in meta.items() if v is not _SKIPPED}
+
+
+_SKIPPED = object()
+
+
+def _unpack(fh: BinaryIO, fmt: str) -> Any:
+    size = struct.calcsize("<" + fmt)
+    data = fh.read(size)
+    if len(data) != size:
+        raise UsageError(f"{getattr(fh, 'name', 'file')} ends inside its GGUF header")
+    return struct.unpack("<" + fmt, data)[0]
+
+
+def _string(fh: BinaryIO) -> str:
+    return fh.read(_unpack(fh, "Q")).decode("utf-8", errors="replace")
+
+
+def _value(fh: BinaryIO, kind: int, *, keep: bool) -> Any:
+    if kind in _SCALARS:
+        return _unpack(fh, _SCALARS[kind])
+    if kind == _STRING:
+        return _string(fh)
+    if kind == _ARRAY:
+        item, count = _unpack(fh, "I"), _unpack(fh, "Q")
+        if not keep:
+            if item in _SCALARS:
+                fh.seek(struct.calcsize("<" + _SCALARS[item]) * count, 1)
+            else:
+                for _ in range(count):
+                    _value(fh, item, keep=False)
+            return _SKIPPED
+        return [_value(fh, item, keep=True) for _ in range(count)]
+    raise UsageError(f"unknown GGUF value type {kind} in {getattr(fh, 'name', 'file')}")
+
+
+def context_length(meta: dict[str, Any]) -> int | None:
+    value = meta.get(f"{meta.get('general.architecture')}.context_length")
+    return int(value) if isinstance(value, int) and value > 0 else None

@@ -1,0 +1,317 @@
+"""`aipc serve`'s API on the real embedded model, through the official `openai` client and raw HTTP.
+
+One in-process server (uvicorn in a thread on a free loopback port) serves the session's CPU model; the
+security tests start their own with the settings they check.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from aipc.server.settings import ServerSettings
+from tests.conftest import PARIS_QUESTION
+from tests.test_server_support import LiveServer, chat_body, sse_data
+
+KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with LiveServer(ServerSettings(max_messages=8), model) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+# --- the openai client -------------------------------------------------------------------------------------
+def test_openai_chat_completion_answers_paris(client):
+    reply = client.chat.completions.create(
+        model="smollm2:135m", messages=[{"role": "user", "content": PARIS_QUESTION}], temperature=0
+    )
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.object == "chat.completion" and reply.model == "smollm2:135m"
+    assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 3
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_openai_streamed_chat_answers_paris_then_usage(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2:135m",
+            messages=[{"role": "user", "content": PARIS_QUESTION}],
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 3  # streamed, not one blob
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 3
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_streamed_and_whole_answers_agree(client):
+    kwargs = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Name three colours."}]}
+    whole = client.chat.completions.create(temperature=0, max_tokens=40, **kwargs).choices[0].message.content
+    stream = client.chat.completions.create(temperature=0, max_tokens=40, stream=True, **kwargs)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == whole
+
+
+def test_openai_lists_and_retrieves_the_served_model(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["smollm2:135m"]
+    assert client.models.retrieve("smollm2:135m").id == "smollm2:135m"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_text_completion_sends_the_prompt_raw(client, model):
+    prompt = "The capital of France is"
+    reply = client.completions.create(model="smollm2:135m", prompt=prompt, max_tokens=6, temperature=0)
+    assert "Paris" in reply.choices[0].text
+    assert reply.usage.prompt_tokens == len(model.tokenize(prompt))  # no chat template around it
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 6
+
+
+def test_streamed_text_completion_with_echo(http):
+    body = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "stream": True, "echo": True}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        events = list(sse_data(r.iter_lines()))
+    assert events[-1] == "[DONE]"
+    text = "".join(e["choices"][0]["text"] for e in events[:-1])
+    assert text.startswith("The capital of France is") and "Paris" in text
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_strings_and_max_tokens(client):
+    reply = client.chat.completions.create(
+        model="smollm2:135m", messages=[{"role": "user", "content": PARIS_QUESTION}], temperature=0, stop=["Paris"]
+    )
+    assert "Paris" not in reply.choices[0].message.content
+    assert reply.choices[0].message.content.startswith("The capital of France is")
+    assert reply.choices[0].finish_reason == "stop"
+    short = client.chat.completions.create(
+        model="smollm2:135m", messages=[{"role": "user", "content": "Tell me a story."}], max_completion_tokens=5
+    )
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 5
+
+
+def test_json_schema_response_format_constrains_the_answer(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    reply = client.chat.completions.create(
+        model="smollm2:135m",
+        messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "capital", "schema": schema}},
+    )
+    answer = json.loads(reply.choices[0].message.content)
+    assert isinstance(answer["city"], str) and "Paris" in answer["city"]
+
+
+def test_a_json_schema_the_runtime_refuses_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="smollm2:135m",
+            messages=[{"role": "user", "content": "Hi"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnitz"}}},
+        )
+    assert info.value.body["param"] == "response_format"
+    assert "frobnitz" in info.value.message
+
+
+def test_json_object_response_format_starts_an_object(client):
+    reply = client.chat.completions.create(
+        model="smollm2:135m",
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        temperature=0,
+        max_tokens=30,
+        response_format={"type": "json_object"},
+    )
+    assert reply.choices[0].message.content.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "param", "fragment"),
+    [
+        ({"n": 2}, openai.BadRequestError, "n", "n=2 is not supported"),
+        ({"logprobs": True}, openai.BadRequestError, "logprobs", "not supported by this backend"),
+        ({"temperature": 3}, openai.BadRequestError, "temperature", "less than or equal to 2"),
+        ({"model": "gpt-4o"}, openai.NotFoundError, "model", "does not exist"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools", "tool"),
+        ({"extra_body": {"mirostat": 2}}, openai.BadRequestError, "mirostat", "Unrecognized request argument"),
+    ],
+)
+def test_openai_client_sees_each_error_as_its_exception(client, kwargs, error, param, fragment):
+    args = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4} | kwargs
+    with pytest.raises(error) as info:
+        client.chat.completions.create(**args)
+    assert info.value.body["param"] == param
+    assert fragment in info.value.message
+
+
+# --- raw HTTP: every invalid request is a 400 naming its field, never a 500 ----------------------------------
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ("{not json", None, "not valid JSON"),
+        ("", None, "body is empty"),
+        ("[1, 2]", None, "must be a JSON object, got an array"),
+        ('"hello"', None, "got a string"),
+        ({}, "messages", "Missing required parameter"),
+        ({"messages": []}, "messages", "at least 1"),
+        ({"messages": "hi"}, "messages", "valid list"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "'system', 'developer'"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content", "must be a string"),
+        ({"messages": [{"role": "user", "content": 7}]}, "messages[0].content", "valid"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content", "only text"),
+        (chat_body(temperature="0.5"), "temperature", "valid number"),
+        (chat_body(temperature=-1), "temperature", "greater than or equal to 0"),
+        (chat_body(top_p=0), "top_p", "greater than 0"),
+        (chat_body(max_tokens=0), "max_tokens", "greater than or equal to 1"),
+        (chat_body(max_tokens=True), "max_tokens", "valid integer"),
+        (chat_body(max_tokens=2.5), "max_tokens", "valid integer"),
+        (chat_body(seed=-3), "seed", "greater than or equal to 0"),
+        (chat_body(top_k=10**12), "top_k", "less than or equal to"),
+        (chat_body(max_tokens=10**12), "max_tokens", "--context-length"),
+        ('{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature", "got NaN"),
+        (chat_body(stream="yes"), "stream", "valid boolean"),
+        (chat_body(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
+        (chat_body(stop=[""]), "stop", "1 to 256 characters"),
+        (chat_body(stop=5), "stop", "valid string"),
+        (chat_body(n=3), "n", "exactly one choice"),
+        (chat_body(presence_penalty=0.5), "presence_penalty", "not supported"),
+        (chat_body(logit_bias={"50256": -100}), "logit_bias", "not supported"),
+        (chat_body(stream_options={"include_usage": True}), "stream_options", "only allowed when stream"),
+        (chat_body(response_format={"type": "xml"}), "response_format.type", "'text', 'json_object'"),
+        (chat_body(frobnicate=1), "frobnicate", "Unrecognized request argument supplied: frobnicate"),
+        (chat_body(max_tokens=4, max_completion_tokens=5), "max_tokens", "not both"),
+        ({"messages": [{"role": "user", "content": "x"}] * 9}, "messages", "at most 8"),
+    ],
+)
+def test_invalid_chat_requests_are_400_with_param(http, body, param, fragment):
+    r = http.post("/v1/chat/completions", **({"content": body} if isinstance(body, str) else {"json": body}))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"max_tokens": 4}, "prompt", "Missing required parameter"),
+        ({"prompt": ["a", "b"]}, "prompt", "exactly one string"),
+        ({"prompt": ""}, "prompt", "must not be empty"),
+        ({"prompt": "x", "suffix": "y"}, "suffix", "not supported"),
+        ({"prompt": "x", "best_of": 3}, "best_of", "only 1"),
+        ({"prompt": "x", "logprobs": 2}, "logprobs", "not supported"),
+    ],
+)
+def test_invalid_text_completion_requests_are_400(http, body, param, fragment):
+    r = http.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and fragment in r.json()["error"]["message"]
+
+
+def test_unknown_model_is_404_model_not_found(http):
+    r = http.post("/v1/chat/completions", json=chat_body(model="llama-70b"))
+    assert r.status_code == 404
+    assert r.json()["error"] == {
+        "message": "The model 'llama-70b' does not exist on this server; it serves 'smollm2:135m'",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+
+
+def test_unknown_routes_and_methods_answer_in_openai_shape(http):
+    r = http.get("/v1/engines")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    r = http.get("/v1/chat/completions")
+    assert r.status_code == 405 and "not allowed" in r.json()["error"]["message"]
+
+
+def test_body_over_the_limit_is_413(model):
+    settings = ServerSettings(max_body_bytes=4096)
+    with LiveServer(settings, model) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        big = chat_body("x" * 5000)
+        r = c.post("/v1/chat/completions", json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+        def chunks():  # no Content-Length: the limit must hold while the body streams in
+            payload = json.dumps(big).encode()
+            for i in range(0, len(payload), 1000):
+                yield payload[i : i + 1000]
+
+        r = c.post("/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/v1/chat/completions", json=chat_body(max_tokens=2)).status_code == 200
+
+
+def test_context_length_is_checked_before_generating(model):
+    with LiveServer(ServerSettings(context_length=64), model) as live:
+        client = OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=30)
+        long_question = "Please tell me about Paris. " * 20
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="smollm2:135m", messages=[{"role": "user", "content": long_question}])
+        assert info.value.code == "context_length_exceeded"
+        assert "maximum context length is 64 tokens" in info.value.message
+        with pytest.raises(openai.BadRequestError) as info:  # the prompt fits, prompt + max_tokens does not
+            client.chat.completions.create(
+                model="smollm2:135m", messages=[{"role": "user", "content": "Hi"}], max_tokens=60
+            )
+        assert info.value.code == "context_length_exceeded" and info.value.body["param"] == "messages"
+        # Without max_tokens the answer gets the room that is left, and ends with "length" at the latest.
+        reply = client.chat.completions.create(
+            model="smollm2:135m", messages=[{"role": "user", "content": "Write a long story."}], temperature=0
+        )
+        assert reply.usage.total_tokens <= 64
+
+
+# --- health and loading ------------------------------------------------------------------------------------
+def test_health_reports_ok_and_counts(http):
+    r = http.get("/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "model": "smollm2:135m", "running": 0, "queued": 0}
+
+
+def test_while_the_model_loads_everything_but_the_page_is_503():
+    # lifespan off: nothing starts the load, so the server stays in its "loading" state for this test.
+    with LiveServer(ServerSettings(), lifespan="off") as live, httpx.Client(base_url=live.url, timeout=10) as c:
+        health = c.get("/health")
+        assert health.status_code == 503 and health.json() == {"status": "loading"}
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
+            r = c.request(method, path, json=chat_body())
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+            assert r.headers["retry-after"] == "1"
+        assert c.get("/").status_code == 200
+
+
+@pytest.mark.parametrize("schema", ["not json", "[1, 2]", 7])
+def test_generation_config_json_schema_must_be_a_schema_object(schema):
+    from aipc.engine.config import GenerationConfig
+    from aipc.errors import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError, match="json_schema must be a JSON Schema object"):
+        GenerationConfig(json_schema=schema)
+    assert GenerationConfig(json_schema='{"type": "object"}').json_schema == '{"type": "object"}'
