@@ -1,7 +1,7 @@
 """Every backend behind one interface, and proof that they agree with the PyTorch reference.
 
 Parity runs on the tiny synthetic Phi-3 (greedy, 32 tokens, four prompts). Behaviour runs on the embedded
-SmolLM2 in each backend's format: its GGUF on OpenVINO, a GGUF f16 on llama.cpp, an ONNX int4 build on ONNX
+SmolLM2 in each backend's format: its GGUF on OpenVINO, a GGUF f16 on llama.cpp, an ONNX fp32 build on ONNX
 Runtime, and its Hugging Face form on PyTorch.
 """
 
@@ -83,7 +83,7 @@ def embedded_on(smollm2_phi3, fixtures_root):
         # greedy answer to the Paris question (under its default system prompt) turns to French landmarks,
         # so llama.cpp runs the embedded model dequantized to f16.
         "llamacpp": lambda: convert("smollm2:135m", "gguf", "f16", name="smollm2-embedded").ref,
-        "onnxruntime": lambda: convert("smollm2:135m", "onnx", "int4", name="smollm2-embedded").ref,
+        "onnxruntime": lambda: convert("smollm2:135m", "onnx", "fp32", name="smollm2-embedded").ref,
         "torch": lambda: str(fixtures_root / "smollm2-llama"),
     }
     opened = {}

@@ -36,6 +36,7 @@ class ModelInfo:
     bos_token: str = ""
     eos_token: str = ""
     max_prompt_tokens: int | None = None
+    context_length: int | None = None  # prompt + answer tokens the model (or pipeline) holds, when known
     # How many generations may run at once (the server sizes its slots from it); 1 for a single pipeline.
     parallel: int = 1
 

@@ -57,6 +57,7 @@ class LlamaCppModel:
             bos_token=self._decode_special([self._llm.token_bos()]),
             eos_token=self._decode_special([self._llm.token_eos()]),
             max_prompt_tokens=self._ctx - 1,
+            context_length=self._ctx,
         )
 
     @staticmethod

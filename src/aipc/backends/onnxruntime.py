@@ -63,6 +63,7 @@ class OnnxRuntimeModel:
             bos_token=self._tok.decode([bos_id]) if isinstance(bos_id, int) else "",
             eos_token=self._tok.decode([eos[0] if isinstance(eos, list) else eos]) if eos else "",
             max_prompt_tokens=self._context - 1,
+            context_length=self._context,
         )
 
     def tokenize(self, text: str) -> list[int]:

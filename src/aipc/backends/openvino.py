@@ -16,10 +16,9 @@ from time import perf_counter as _now
 
 import openvino_genai as ov_genai
 
-from aipc.backends.base import DeviceInfo, ModelInfo, stream_from_callback
+from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, stream_from_callback
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
-from aipc.engine.template import END_OF_TURN_STRINGS
 from aipc.errors import ContextLengthError, GenerationError, UsageError
 from aipc.store import paths
 from aipc.store.resolve import ModelSource
@@ -89,6 +88,9 @@ class OpenVINOModel:
             raise UsageError(f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}") from None
         self._tok = self._pipe.get_tokenizer()
         self._stop_ids = self._end_of_turn_ids()
+        context = model_context_length(source, path)
+        if is_npu:
+            context = config.npu_max_prompt_len + config.npu_min_response_len
         self.info = ModelInfo(
             name=source.name,
             backend="openvino",
@@ -97,8 +99,10 @@ class OpenVINOModel:
             chat_template=self._tok.chat_template or None,
             bos_token=self._tok.get_bos_token(),
             eos_token=self._tok.get_eos_token(),
-            max_prompt_tokens=config.npu_max_prompt_len if is_npu else None,
+            max_prompt_tokens=config.npu_max_prompt_len if is_npu else (context - 1 if context else None),
+            context_length=context,
         )
+        self._is_npu = is_npu
 
     def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
         return ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device))
@@ -111,11 +115,7 @@ class OpenVINOModel:
         eos = self._tok.get_eos_token_id()
         if eos >= 0:
             ids.add(eos)
-        for text in END_OF_TURN_STRINGS:
-            enc = self.tokenize(text)
-            if len(enc) == 1 and self._tok.decode(enc, skip_special_tokens=False) == text:
-                ids.add(enc[0])
-        return ids
+        return ids | end_of_turn_ids(self.tokenize, lambda enc: self._tok.decode(enc, skip_special_tokens=False))
 
     def tokenize(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
@@ -146,13 +146,15 @@ class OpenVINOModel:
         n_prompt = int(inputs.input_ids.get_shape()[1])
         limit = self.info.max_prompt_tokens
         if limit is not None and n_prompt > limit:
-            raise ContextLengthError(
-                f"the prompt has {n_prompt} tokens, over the NPU pipeline's limit of {limit} "
-                f"(MAX_PROMPT_LEN); shorten it, or use another device",
-                limit=limit,
-                requested=n_prompt,
+            where = (
+                f"the NPU pipeline's limit of {limit} (MAX_PROMPT_LEN); shorten it, or use another device"
+                if self._is_npu
+                else f"this model's context of {self.info.context_length} tokens"
             )
+            raise ContextLengthError(f"the prompt has {n_prompt} tokens, over {where}", limit=limit, requested=n_prompt)
         gc = self._config(config)
+        if self.info.context_length and not self._is_npu:
+            gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
 
         def run(on_text) -> Finished:
             try:
@@ -167,6 +169,25 @@ class OpenVINOModel:
 
     def close(self) -> None:
         self._pipe = None
+
+
+def model_context_length(source: ModelSource, ir: Path) -> int | None:
+    """Prompt + answer tokens the model was trained for: from the GGUF header, the store manifest, or the
+    exported config.json."""
+    import json
+
+    if source.format == "gguf":
+        from aipc.store.gguf_header import context_length, read_metadata
+
+        return context_length(read_metadata(source.path))
+    for name, key in (("aipc-manifest.json", "context_length"), ("config.json", "max_position_embeddings")):
+        try:
+            value = json.loads((ir / name).read_text()).get(key)
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def ir_path(source: ModelSource, device: DeviceInfo) -> Path:

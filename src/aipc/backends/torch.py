@@ -79,6 +79,7 @@ class TorchModel:
             bos_token=self._tok.bos_token or "",
             eos_token=self._tok.eos_token or "",
             max_prompt_tokens=self._context - 1,
+            context_length=self._context,
         )
 
     def tokenize(self, text: str) -> list[int]:

@@ -124,7 +124,7 @@ def onnx_recipe(precision: str, device_target: str, config: dict[str, Any]) -> R
 
 def gguf_recipe(precision: str, device_target: str, config: dict[str, Any]) -> Recipe:
     notes: list[str] = []
-    dims = linear_input_dims(config)
+    dims = linear_input_dims(config) if config else []  # GGUF -> GGUF: llama.cpp reads the shapes itself
     block = 256 if precision == "q4_k_m" else 32
     if any(d % block for d in dims):
         notes.append(f"{precision} needs widths divisible by {block}; llama.cpp falls back per tensor for {dims}")

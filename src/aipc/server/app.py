@@ -20,7 +20,6 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -91,7 +90,7 @@ class ServerState:
         self.model = model
         info = model.info
         self.slots = Slots(max(1, min(self.settings.parallel, info.parallel)), self.settings.max_queue)
-        self.context_length = self.settings.context_length or context_length_of(Path(info.path))
+        self.context_length = self.settings.context_length or info.context_length
         if self.on_ready is not None:
             self.on_ready(self)
 
@@ -142,24 +141,6 @@ class ServerState:
 
 def _unavailable(message: str, code: str) -> APIError:
     return APIError(503, message, type="server_error", code=code, headers={"Retry-After": "1"})
-
-
-def context_length_of(model_dir: Path) -> int | None:
-    """The context length the model's files declare: config.json (Hugging Face and optimum-exported folders) or
-    the store's manifest. None when neither says (an IR folder converted from a bare GGUF file)."""
-    for name, keys in (
-        ("config.json", ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")),
-        ("aipc-manifest.json", ("context_length",)),
-    ):
-        try:
-            config = json.loads((model_dir / name).read_text())
-        except (OSError, ValueError):
-            continue
-        for key in keys:
-            value = config.get(key) if isinstance(config, dict) else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
 
 
 # --- the application ---------------------------------------------------------------------------------------
