@@ -4,6 +4,7 @@ imports only that runtime, and `aipc --help` imports none."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 
 from aipc.backends.base import BackendType, DeviceInfo
 from aipc.engine.config import LoadConfig
@@ -49,8 +50,16 @@ def choose(source: ModelSource, config: LoadConfig) -> tuple[BackendType, Device
 
 
 def choose_source(sources: list[ModelSource], config: LoadConfig) -> tuple[BackendType, DeviceInfo, ModelSource]:
-    """Backend, device and source: the most preferred device first, then the first source (best first) that
-    a backend can load there. An explicit backend or device narrows the search; absent ones are named."""
+    """The first of `candidates`; none at all is an error naming what is present."""
+    for choice in candidates(sources, config):
+        return choice
+    raise AssertionError("unreachable: candidates() raises when it has nothing")
+
+
+def candidates(sources: list[ModelSource], config: LoadConfig) -> Iterator[tuple[BackendType, DeviceInfo, ModelSource]]:
+    """(backend, device, source) choices, best first: the most preferred device first, then the best source a
+    backend can load there. An explicit backend or device narrows the search. The engine falls back along
+    this order when a load fails; if there is no choice at all, the error names what is present."""
     errors: list[str] = []
     wanted = names() if config.backend == "auto" else [config.backend]
     if config.backend != "auto":
@@ -58,6 +67,7 @@ def choose_source(sources: list[ModelSource], config: LoadConfig) -> tuple[Backe
     formats = {s.format for s in sources}
     opened: dict[str, BackendType | None] = {}
     present: dict[str, list[DeviceInfo]] = {}
+    found = False
 
     def backend(name: str) -> BackendType | None:
         """Import a runtime the first time it could serve, remembering why one is unavailable."""
@@ -77,7 +87,10 @@ def choose_source(sources: list[ModelSource], config: LoadConfig) -> tuple[Backe
                     continue
                 device = _pick_device(kind, present[name], auto=config.device == "auto")
                 if device is not None and _suits(source, device):
-                    return _batched(name, config, device) or b, device, source
+                    found = True
+                    yield _batched(name, config, device) or b, device, source
+    if found:
+        return
     loaders = [n for n in wanted if formats & set(BACKENDS[n][3]) and backend(n) is not None]
     if loaders:
         have = ", ".join(
@@ -94,7 +107,8 @@ def choose_source(sources: list[ModelSource], config: LoadConfig) -> tuple[Backe
 
 
 def _device_order(wanted: str) -> tuple[str, ...]:
-    return DEVICE_PREFERENCE if wanted == "auto" else (wanted,)
+    """auto: NPU, GPU, CPU; otherwise the device, or the user's own preference list (`npu,cpu`)."""
+    return DEVICE_PREFERENCE if wanted == "auto" else tuple(wanted.split(","))
 
 
 def _suits(source: ModelSource, device: DeviceInfo) -> bool:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-DEVICE_CHOICES = "auto, cpu, gpu, gpu.N or npu"
+DEVICE_CHOICES = "auto, cpu, gpu, gpu.N, npu, or a preference list such as npu,cpu"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,9 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     import importlib
+    import logging
 
     from aipc.errors import AipcError
 
+    # Library notes (a fallback taken, a prompt routed off the NPU) are one line each on stderr.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("aipc: %(message)s"))
+    logging.getLogger("aipc").addHandler(handler)
+    logging.getLogger("aipc").propagate = False
     module, func = args.handler.split(":")
     try:
         return getattr(importlib.import_module(module), func)(args)

@@ -33,9 +33,13 @@ class LoadConfig:
     parallel: int = 1
 
     def __post_init__(self) -> None:
-        device = self.device.lower()
-        if device.split(".")[0] not in DEVICES:
-            raise InvalidConfigError(f"unknown device {self.device!r}: valid devices are {', '.join(DEVICES)}")
+        device = self.device.lower().replace(" ", "")
+        parts = device.split(",")
+        if any(p.split(".")[0] not in DEVICES for p in parts) or ("auto" in parts and len(parts) > 1):
+            raise InvalidConfigError(
+                f"unknown device {self.device!r}: valid devices are {', '.join(DEVICES)}, "
+                "or a preference list such as npu,cpu"
+            )
         object.__setattr__(self, "device", device)
         if self.precision_hint not in (None, "f32"):
             raise InvalidConfigError(f"precision_hint must be None or 'f32', got {self.precision_hint!r}")

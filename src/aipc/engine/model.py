@@ -6,24 +6,36 @@ strings, finish reasons, and timings computed from the event stream.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aipc.backends.base import Backend, ModelInfo
 from aipc.engine import template
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
+from aipc.errors import AipcError, ContextLengthError, ConversionError, GenerationError, UsageError
+
+log = logging.getLogger("aipc")
 
 
 class Model:
     """An opened model. Use `aipc.load()` to make one; close it (or use `with`) to free the runtime."""
 
-    def __init__(self, backend: Backend, defaults: GenerationConfig, load_seconds: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        defaults: GenerationConfig,
+        load_seconds: float,
+        fallback: Callable[[], Backend | None] | None = None,
+    ) -> None:
         self._backend = backend
         self.defaults = defaults
         self.load_seconds = load_seconds
+        self._fallback = fallback  # opens the model off the NPU when a prompt is over the NPU pipeline's limit
+        self._alternative: Backend | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -74,7 +86,12 @@ class Model:
         finished: Finished | None = None
         stopper = _StopMatcher(config.stop) if config.stop else None
         stopped = False
-        items = self._backend.generate(prompt, config, cancel)
+        backend = self._backend
+        try:
+            items = backend.generate(prompt, config, cancel)
+        except ContextLengthError as exc:
+            backend = self._route_off_npu(exc)
+            items = backend.generate(prompt, config, cancel)
         try:
             for item in items:
                 if isinstance(item, Finished):
@@ -101,7 +118,7 @@ class Model:
         if stopper is not None and not stopped and (rest := stopper.flush()):
             yield TextDelta(rest, finished.t)
         reason = "stop" if stopped else finished.finish_reason
-        info = self._backend.info
+        info = backend.info
         yield Done(
             finish_reason=reason,
             usage=Usage(finished.prompt_tokens, finished.completion_tokens),
@@ -111,9 +128,29 @@ class Model:
             token_ids=finished.token_ids,
         )
 
+    def _route_off_npu(self, exc: ContextLengthError) -> Backend:
+        """A prompt over the NPU pipeline's MAX_PROMPT_LEN goes to the next device instead of failing."""
+        if self._fallback is None:
+            raise exc
+        if self._alternative is None:
+            self._alternative = self._fallback()
+            if self._alternative is None:
+                raise exc
+        alt = self._alternative.info
+        log.warning(
+            "the prompt has %d tokens, over the NPU pipeline's %d; answering on %s/%s",
+            exc.requested,
+            exc.limit,
+            alt.backend,
+            alt.device,
+        )
+        return self._alternative
+
     # --- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:
         self._backend.close()
+        if self._alternative is not None:
+            self._alternative.close()
 
     def __enter__(self) -> Model:
         return self
@@ -164,13 +201,40 @@ def load(
     device: str = "auto",
     **load_options: Any,
 ) -> Model:
-    """Open `model` (a catalog name or a path; None is the embedded default) on the best or chosen device."""
+    """Open `model` (a catalog name or a path; None is the embedded default) on the best or chosen device.
+
+    If the best choice fails to load or compile, the next is tried, and the reason is logged in one line."""
     from aipc.backends import registry
     from aipc.store.resolve import resolve_all
 
     config = LoadConfig(backend=backend, device=device, **load_options)
     started = time.perf_counter()
-    backend_type, dev, source = registry.choose_source(resolve_all(model), config)
-    opened = backend_type.load(source, config, dev)
+    choices = registry.candidates(resolve_all(model), config)
+    opened, source = _open_first(choices, config)
     defaults = GenerationConfig().updated(**source.defaults)
-    return Model(opened, defaults, time.perf_counter() - started)
+    fallback = None
+    if opened.info.device.startswith("npu"):
+
+        def fallback() -> Backend | None:
+            """The next choice off the NPU, for prompts over the NPU pipeline's limit (opened on first need)."""
+            rest = ((b, d, s) for b, d, s in choices if not d.name.startswith("npu"))
+            try:
+                return _open_first(rest, config)[0]
+            except AipcError:
+                return None
+
+    return Model(opened, defaults, time.perf_counter() - started, fallback)
+
+
+def _open_first(choices, config: LoadConfig) -> tuple[Backend, Any]:
+    """Open the first choice that loads; each failure is logged in one line and the next choice is tried."""
+    last: AipcError | None = None
+    for backend_type, device, source in choices:
+        try:
+            return backend_type.load(source, config, device), source
+        except (UsageError, ConversionError, GenerationError) as exc:
+            last = exc
+            log.warning("could not load on %s/%s (%s); trying the next choice", backend_type.name, device.name, exc)
+    if last is not None:
+        raise last
+    raise UsageError("no device could open this model")
