@@ -17,12 +17,26 @@ import pytest
 PARIS_QUESTION = "What is the capital of France?"
 
 
+_MADE_HOME: str | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    home = os.environ.get("AIPC_TEST_HOME") or tempfile.mkdtemp(prefix="aipc-test-home-")
+    global _MADE_HOME
+    home = os.environ.get("AIPC_TEST_HOME")
+    if not home:
+        home = _MADE_HOME = tempfile.mkdtemp(prefix="aipc-test-home-")
     os.environ["AIPC_HOME"] = home
     os.environ.pop("AIPC_EMULATE_NPU", None)
     # The hub is unreachable here; point it at a closed loopback port so hub look-ups fail fast, not by timeout.
     os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A store this session made is removed with it (converted fixtures take hundreds of MB)."""
+    if _MADE_HOME:
+        import shutil
+
+        shutil.rmtree(_MADE_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

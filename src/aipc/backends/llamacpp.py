@@ -130,6 +130,10 @@ class LlamaCppModel:
             tokens.close()
         yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
 
+    def reset_cache(self) -> None:
+        """Forget the KV cache `Llama.generate` keeps for a shared prompt prefix."""
+        self._llm.reset()
+
     def close(self) -> None:
         if self._llm is not None:
             self._llm.close()

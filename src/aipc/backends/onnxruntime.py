@@ -49,6 +49,8 @@ class OnnxRuntimeModel:
         except RuntimeError as exc:
             raise UsageError(f"ONNX Runtime GenAI could not load {source.name} on {device.name}: {exc}") from None
         self._tok = og.Tokenizer(self._model)
+        self._generator: og.Generator | None = None
+        self._cached: tuple[tuple, list[int]] | None = None  # (search options, token ids in the KV cache)
         eos = genai["model"].get("eos_token_id", [])
         self._stop_ids = set(eos if isinstance(eos, list) else [eos]) | end_of_turn_ids(
             self.tokenize, lambda ids: self._tok.decode(ids)
@@ -82,21 +84,9 @@ class OnnxRuntimeModel:
                 requested=n_prompt,
             )
         max_tokens = min(config.max_tokens, self._context - n_prompt)
-        params = og.GeneratorParams(self._model)
-        options: dict[str, object] = {
-            "max_length": n_prompt + max_tokens,
-            "do_sample": not config.greedy,
-            "repetition_penalty": config.repetition_penalty,
-        }
-        if not config.greedy:
-            options |= {"temperature": config.temperature, "top_p": config.top_p}
-            if config.top_k:
-                options["top_k"] = config.top_k
-            if config.seed is not None:
-                options["random_seed"] = config.seed
-        params.set_search_options(**options)
-        generator = og.Generator(self._model, params)
-        generator.append_tokens(ids)
+        generator, reused = self._generator_for(list(ids), config)
+        key, self._cached = self._cached[0], None  # unknown until this generation completes
+        generator.append_tokens(ids[reused:])
         stream = self._tok.create_stream()
         generated = 0
         produced: list[int] = []
@@ -119,7 +109,49 @@ class OnnxRuntimeModel:
                 break
         else:
             reason = "stop" if generated < max_tokens else "length"
+        # What the generator's KV cache now holds: the next turn of a chat shares this prefix.
+        self._cached = (key, [int(t) for t in ids] + produced)
         yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
 
+    def _generator_for(self, ids: list[int], config: GenerationConfig) -> tuple[og.Generator, int]:
+        """A generator and how many leading prompt tokens it already holds in its KV cache.
+
+        The last generator is kept; a prompt that starts with what it holds (a chat's next turn) rewinds it to the
+        shared prefix and appends only the new tokens. Seeded sampling always starts afresh, so a seed gives the
+        same text every time."""
+        options: dict[str, object] = {
+            "max_length": self._context,
+            "do_sample": not config.greedy,
+            "repetition_penalty": config.repetition_penalty,
+        }
+        if not config.greedy:
+            options |= {"temperature": config.temperature, "top_p": config.top_p}
+            if config.top_k:
+                options["top_k"] = config.top_k
+            if config.seed is not None:
+                options["random_seed"] = config.seed
+        key = tuple(sorted(options.items()))
+        if self._cached and self._cached[0] == key and config.seed is None:
+            held = self._cached[1]
+            shared = 0
+            for a, b in zip(held, ids[:-1], strict=False):  # keep one new token to append
+                if a != b:
+                    break
+                shared += 1
+            if shared:
+                self._generator.rewind_to(shared)
+                return self._generator, shared
+        params = og.GeneratorParams(self._model)
+        params.set_search_options(**options)
+        self._generator = og.Generator(self._model, params)
+        self._cached = (key, [])
+        return self._generator, 0
+
+    def reset_cache(self) -> None:
+        """Forget the kept KV cache (benchmarks use it to measure a turn without reuse)."""
+        self._generator = None
+        self._cached = None
+
     def close(self) -> None:
+        self._generator = None
         self._model = None

@@ -146,6 +146,13 @@ class Model:
         )
         return self._alternative
 
+    def reset_cache(self) -> None:
+        """Forget any KV cache kept for the next chat turn (for measuring a turn without reuse)."""
+        for backend in (self._backend, self._alternative):
+            reset = getattr(backend, "reset_cache", None)
+            if reset is not None:
+                reset()
+
     # --- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:
         self._backend.close()
