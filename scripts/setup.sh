@@ -27,8 +27,8 @@ fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 case "$profile" in
   runtime) extras="[serve]" ;;
-  convert) extras="[serve,convert,llamacpp]" ;;
-  dev) extras="[serve,convert,llamacpp,dev]" ;;
+  convert) extras="[serve,convert,llamacpp,bench]" ;;
+  dev) extras="[serve,convert,llamacpp,bench,dev]" ;;
 esac
 echo "aipc: installing into $venv ($profile)…" >&2
 # torch is pinned to the CPU build first: an unpinned resolver run would fetch CUDA wheels (several GB).

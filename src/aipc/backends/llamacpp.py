@@ -114,7 +114,7 @@ class LlamaCppModel:
             for token in tokens:
                 generated += 1
                 produced.append(token)
-                if token in self._stop_ids or self._is_eog(token):
+                if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
                     reason = "stop"
                     break
                 text = decoder.decode(self._llm.detokenize([token], prev_tokens=previous))

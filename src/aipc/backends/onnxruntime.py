@@ -99,7 +99,7 @@ class OnnxRuntimeModel:
             token = int(generator.get_next_tokens()[0])
             generated += 1
             produced.append(token)
-            if token in self._stop_ids:
+            if token in self._stop_ids and not config.ignore_eos:
                 reason = "stop"
                 break
             text = stream.decode(token)
@@ -124,6 +124,8 @@ class OnnxRuntimeModel:
             "do_sample": not config.greedy,
             "repetition_penalty": config.repetition_penalty,
         }
+        if config.ignore_eos:
+            options["min_length"] = self._context
         if not config.greedy:
             options |= {"temperature": config.temperature, "top_p": config.top_p}
             if config.top_k:

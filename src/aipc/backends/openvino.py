@@ -124,7 +124,8 @@ class OpenVINOModel:
         gc = ov_genai.GenerationConfig()
         gc.max_new_tokens = cfg.max_tokens
         gc.apply_chat_template = False
-        gc.stop_token_ids = self._stop_ids
+        gc.stop_token_ids = set() if cfg.ignore_eos else self._stop_ids
+        gc.ignore_eos = cfg.ignore_eos
         gc.eos_token_id = self._tok.get_eos_token_id()
         gc.repetition_penalty = cfg.repetition_penalty
         if not cfg.greedy:

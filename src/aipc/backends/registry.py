@@ -81,8 +81,10 @@ def candidates(sources: list[ModelSource], config: LoadConfig) -> Iterator[tuple
         return opened[name]
 
     for kind in _device_order(config.device):
-        for source in sorted(sources, key=lambda s: s.device_target != kind):
-            for name in sorted(wanted, key=lambda n: n != source.backend):
+        fastest = _measured_fastest(sources, kind)
+        for source in sorted(sources, key=lambda s: (s.device_target != kind, fastest is None or s != fastest[1])):
+            first = fastest[0] if fastest and source == fastest[1] else source.backend
+            for name in sorted(wanted, key=lambda n: n != first):
                 if source.format not in BACKENDS[name][3] or (b := backend(name)) is None:
                     continue
                 device = _pick_device(kind, present[name], auto=config.device == "auto")
@@ -104,6 +106,20 @@ def candidates(sources: list[ModelSource], config: LoadConfig) -> Iterator[tuple
         problem = "; ".join([f"{who} load {'/'.join(sorted(formats))} models (formats: {valid})", *errors])
     hint = "" if config.device != "npu" else " (set AIPC_EMULATE_NPU=1 to run the NPU pipeline on the CPU)"
     raise DeviceNotAvailableError(problem + hint)
+
+
+def _measured_fastest(sources: list[ModelSource], kind: str) -> tuple[str, ModelSource] | None:
+    """The (backend, source) `aipc bench` measured fastest for this model on this device kind, if recorded."""
+    from aipc.bench.record import preferred
+
+    if not sources:
+        return None
+    best = preferred(sources[0].name, kind)
+    if best is None:
+        return None
+    backend, variant = best
+    match = next((s for s in sources if s.variant == variant), None)
+    return (backend, match) if match is not None else None
 
 
 def _device_order(wanted: str) -> tuple[str, ...]:

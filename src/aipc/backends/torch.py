@@ -98,7 +98,8 @@ class TorchModel:
                 requested=n_prompt,
             )
         max_tokens = min(config.max_tokens, self._context - n_prompt)
-        kwargs: dict = {
+        kwargs: dict = {"min_new_tokens": max_tokens} if config.ignore_eos else {}
+        kwargs |= {
             "max_new_tokens": max_tokens,
             "eos_token_id": sorted(self._stop_ids) or None,
             "pad_token_id": next(iter(self._stop_ids), 0),

@@ -119,6 +119,25 @@ def _add_model_commands(sub) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler="aipc.cli.models:show_command")
 
+    bench = sub.add_parser(
+        "bench",
+        help="measure speed side by side: TTFT, next-token latency, tokens/s, peak RSS, roofline",
+        description="Measure every variant of MODEL (default: the embedded model) on every backend that loads "
+        "it, interleaved, from the same event stream. Writes a table, and JSON/CSV/PNG on request.",
+    )
+    bench.add_argument("models", nargs="*", metavar="MODEL")
+    bench.add_argument("--backends", help="comma-separated (default: every backend that loads a variant)")
+    bench.add_argument("--devices", default="cpu", help="comma-separated devices (default: cpu)")
+    bench.add_argument("--precisions", help="comma-separated (e.g. int4,fp16,q4_0; default: every variant)")
+    bench.add_argument("--prompt-lengths", default="32,256,512,1024", help="input tokens (default 32,256,512,1024)")
+    bench.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per run (default 64)")
+    bench.add_argument("--repeats", type=int, default=3, help="measured runs per configuration (default 3)")
+    bench.add_argument("--warmup", type=int, default=1, help="discarded runs first (default 1)")
+    bench.add_argument("--json", metavar="FILE")
+    bench.add_argument("--csv", metavar="FILE")
+    bench.add_argument("--plot", metavar="FILE.png", help="next-token latency by input length (needs matplotlib)")
+    bench.set_defaults(handler="aipc.cli.bench:command")
+
     devices = sub.add_parser("devices", help="list what each backend can use here: CPU, GPU, NPU")
     devices.add_argument("--json", action="store_true", help="machine-readable output")
     devices.set_defaults(handler="aipc.cli.devices:devices_command")

@@ -31,6 +31,7 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
+    quiet_unless_terminal()
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except (ValueError, KeyError, RuntimeError) as exc:
@@ -43,6 +44,18 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer_from_gguf(meta, out)
     return out
+
+
+def quiet_unless_terminal() -> None:
+    """transformers' progress bars (GGUF dequantizing, loading, writing shards) belong on a terminal only."""
+    import os
+    import sys
+
+    if not sys.stderr.isatty():
+        os.environ["TQDM_DISABLE"] = "1"
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def gguf_metadata(gguf: Path) -> dict:

@@ -60,6 +60,8 @@ class GenerationConfig:
     seed: int | None = None
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    # Generate exactly max_tokens, past end-of-turn tokens: benchmarks need fixed-length decodes.
+    ignore_eos: bool = False
     # A JSON Schema (as JSON text) the answer must conform to; the runtime constrains decoding to it.
     json_schema: str | None = None
 

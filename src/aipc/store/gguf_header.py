@@ -69,3 +69,26 @@ def _value(fh: BinaryIO, kind: int, *, keep: bool) -> Any:
 def context_length(meta: dict[str, Any]) -> int | None:
     value = meta.get(f"{meta.get('general.architecture')}.context_length")
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+# llama.cpp's LLAMA_FTYPE values for the file types aipc meets.
+FILE_TYPES = {
+    0: "f32",
+    1: "f16",
+    2: "q4_0",
+    3: "q4_1",
+    7: "q8_0",
+    8: "q5_0",
+    9: "q5_1",
+    10: "q2_k",
+    12: "q3_k_m",
+    15: "q4_k_m",
+    17: "q5_k_m",
+    18: "q6_k",
+    32: "bf16",
+}
+
+
+def precision(meta: dict[str, Any]) -> str:
+    """The GGUF file's quantization, as llama.cpp names it ("" when unknown)."""
+    return FILE_TYPES.get(meta.get("general.file_type", -1), "")

@@ -1,0 +1,69 @@
+"""Second-turn time to first token with the first turn's KV cache reused, against a fresh prefill.
+
+The first turn carries a long context; the second asks a short question about it. With reuse the backend
+only prefills the new tokens (ONNX Runtime GenAI: rewind + append; llama.cpp: its prompt cache). Without, the
+cache is dropped (`Model.reset_cache`) and the whole history is prefilled again. Alternated, medians.
+
+    python benchmarks/chat_reuse.py --json benchmarks/results/chat_reuse.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+CONTEXT = "Here is the background for our conversation. " * 60 + "My name is Ada."
+
+
+def turn2_ttft(model, reuse: bool) -> float:
+    first = [{"role": "user", "content": CONTEXT}]
+    reply = model.chat(first, temperature=0, max_tokens=16)
+    history = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "What is my name?"}]
+    if not reuse:
+        model.reset_cache()
+    *_, done = model.stream_chat(history, temperature=0, max_tokens=8)
+    return done.timings.ttft_s * 1000, done.usage.prompt_tokens
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import aipc
+    from aipc.convert.api import convert
+
+    models = {
+        "onnxruntime": convert("smollm2:135m", "onnx", "int4", name="smollm2-embedded").ref,
+        "llamacpp": convert("smollm2:135m", "gguf", "f16", name="smollm2-embedded").ref,
+        "openvino": "smollm2:135m",
+    }
+    results = {}
+    for backend, ref in models.items():
+        with aipc.load(ref, backend=backend, device="cpu") as model:
+            turn2_ttft(model, True)  # warm-up
+            with_reuse, without = [], []
+            for _ in range(args.rounds):
+                ms, n = turn2_ttft(model, True)
+                with_reuse.append(ms)
+                without.append(turn2_ttft(model, False)[0])
+            results[backend] = {
+                "history_tokens": n,
+                "turn2_ttft_ms_with_reuse": round(statistics.median(with_reuse), 1),
+                "turn2_ttft_ms_without_reuse": round(statistics.median(without), 1),
+                "reuses_cache": hasattr(model._backend, "reset_cache"),
+            }
+            r = results[backend]
+            r["speedup"] = round(r["turn2_ttft_ms_without_reuse"] / r["turn2_ttft_ms_with_reuse"], 2)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
