@@ -191,7 +191,7 @@ def test_openai_client_sees_each_error_as_its_exception(client, kwargs, error, p
         (chat_body(max_tokens=2.5), "max_tokens", "valid integer"),
         (chat_body(seed=-3), "seed", "greater than or equal to 0"),
         (chat_body(top_k=10**12), "top_k", "less than or equal to"),
-        (chat_body(max_tokens=10**12), "max_tokens", "--context-length"),
+        (chat_body(max_tokens=10**12), "messages", "maximum context length is 8192 tokens"),
         ('{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature", "got NaN"),
         (chat_body(stream="yes"), "stream", "valid boolean"),
         (chat_body(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
