@@ -86,7 +86,7 @@ def show_command(args: argparse.Namespace) -> int:
     for v in variants:
         m = v.manifest
         source = m.get("source", {})
-        src = source.get("repo") or source.get("path") or source.get("name") or "?"
+        src = source.get("repo") or source.get("path") or source.get("name") or source.get("shape") or "?"
         lines = [
             f"{v.ref}",
             f"  source      {source.get('kind', '?')}: {src}",

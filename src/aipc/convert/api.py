@@ -50,6 +50,8 @@ def convert(
     precision, device_target = recipes.check_request(to, precision, device_target)
     if name is not None:
         store.validate_name(name)
+    if source.startswith("synthetic:"):
+        return _synthetic(source.split(":", 1)[1], to, precision, name)
     checkpoint = sources.prepare(source, allow_pickle=allow_pickle)
     name = name or _default_name(checkpoint.name)
     variant = store.variant_name(
@@ -73,6 +75,48 @@ def convert(
                 _export(checkpoint, hf_dir, tmp, recipe, log, Path(scratch), name)
                 store.write_manifest(tmp, _manifest(name, variant, to, recipe, checkpoint, config, notes))
     return store.find(f"{name}@{variant}")[0]
+
+
+def _synthetic(shape: str, to: str, precision: str, name: str | None) -> store.Variant:
+    """`synthetic:phi3-mini`: random weights in a real model's exact dimensions, for speed at real scale."""
+    from aipc.convert.synthetic import SHAPES
+    from aipc.convert.synthetic_gguf import NAME_PREFIX, write_random_gguf
+
+    if shape not in SHAPES:
+        raise UsageError(f"unknown synthetic shape {shape!r}: valid shapes are {', '.join(SHAPES)}")
+    if (to, precision) != ("gguf", "q4_0"):
+        raise UsageError(
+            "synthetic models are written straight to GGUF q4_0 (which llama.cpp and OpenVINO run): "
+            "use --to gguf --precision q4_0"
+        )
+    name = name if name and name.startswith(NAME_PREFIX) else f"{NAME_PREFIX}{name or shape}"
+    store.validate_name(name)
+    target = store.variant_dir(name, "gguf-q4_0")
+    dims = SHAPES[shape]
+    store.check_free_space(target.parent, recipes.parameter_count({**dims, "vocab_size": 32064}) * 0.6)
+    with staged(target) as tmp:
+        if tmp is not None:
+            _say(f"writing random weights with {shape}'s dimensions (not a real model)")
+            write_random_gguf(tmp / f"{name}.q4_0.gguf", shape)
+            store.write_manifest(
+                tmp,
+                {
+                    "name": name,
+                    "variant": "gguf-q4_0",
+                    "format": "gguf",
+                    "backend": "llamacpp",
+                    "precision": "q4_0",
+                    "device_target": "cpu",
+                    "recipe": {"random": "Q4_0 blocks, fixed scale", "seed": 0},
+                    "notes": [f"SYNTHETIC: random weights in {shape}'s exact dimensions, for speed measurements only"],
+                    "source": {"kind": "synthetic", "shape": shape},
+                    "architecture": f"llama ({shape} dimensions)",
+                    "context_length": dims["max_position_embeddings"],
+                    "synthetic": True,
+                    "tools": _versions(("gguf",)),
+                },
+            )
+    return store.find(f"{name}@gguf-q4_0")[0]
 
 
 def _as_hf(checkpoint: sources.Checkpoint, scratch: Path, to: str) -> tuple[Path | None, dict[str, Any], list[str]]:

@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from aipc.convert.sources import sha256
 from aipc.errors import ConversionError
 from aipc.store import paths
 from aipc.store.publish import staged
@@ -72,7 +73,7 @@ def _convert(gguf: Path, out: Path, *, fold_weights: bool) -> None:
     shutil.rmtree(raw)
     manifest = {
         "source": str(gguf),
-        "source_sha256": _sha256(gguf),
+        "source_sha256": sha256(gguf),
         "format": "openvino-ir",
         "recipe": {"from": "gguf", "weights": "fp16 (folded)" if fold_weights else "as in the GGUF file"},
         "mended": {"kv_repeat_broadcasts": repeats, "value_state_names": True},
@@ -121,11 +122,3 @@ def _fold_constants(model) -> None:
     manager = passes.Manager()
     manager.register_pass(passes.ConstantFolding())
     manager.run_passes(model)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -1,0 +1,37 @@
+"""The real-scale synthetic model: Phi-3-mini's exact dimensions, random weights, never mistaken for real."""
+
+from __future__ import annotations
+
+import aipc
+from aipc.convert.api import convert
+from aipc.store.gguf_header import read_metadata
+from tests.conftest import run_cli
+
+
+def test_phi3_mini_sized_random_model_is_written_straight_to_gguf_and_runs():
+    variant = convert("synthetic:phi3-mini", "gguf", "q4_0")
+    assert variant.name == "synthetic-phi3-mini" and variant.synthetic
+    [gguf] = variant.path.glob("*.gguf")
+    meta = read_metadata(gguf, arrays=False)
+    assert "not a real model" in meta["general.name"]
+    assert (meta["llama.embedding_length"], meta["llama.block_count"], meta["llama.feed_forward_length"]) == (
+        3072,
+        32,
+        8192,
+    )
+    assert meta["llama.attention.head_count"] == 32 and meta["llama.context_length"] == 4096
+    # 3.8B parameters at 4.5 bits each (Q4_0 blocks): Phi-3-mini's int4 size.
+    assert 2.0e9 < gguf.stat().st_size < 2.3e9
+    shown = run_cli("show", "synthetic-phi3-mini")
+    assert "SYNTHETIC" in shown.stdout and "not a real model" in shown.stdout
+    assert "synthetic-phi3-mini (synthetic)" in run_cli("list").stdout
+    with aipc.load("synthetic-phi3-mini", backend="llamacpp", device="cpu") as model:
+        *_, done = model.stream("Hello", raw=True, max_tokens=2, temperature=0, ignore_eos=True)
+    assert done.usage.completion_tokens == 2
+
+
+def test_synthetic_models_are_only_written_as_gguf_q4_0():
+    result = run_cli("convert", "synthetic:phi3-mini", "--to", "onnx")
+    assert result.returncode == 2 and "use --to gguf --precision q4_0" in result.stderr
+    result = run_cli("convert", "synthetic:phi9", "--to", "gguf", "--precision", "q4_0")
+    assert result.returncode == 2 and "unknown synthetic shape 'phi9'" in result.stderr
