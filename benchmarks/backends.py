@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--plot", type=Path, help="the seed's chart: next-token latency by input length")
     args = ap.parse_args()
 
     from aipc.bench import record, report, runner
@@ -76,6 +77,8 @@ def main() -> int:
         progress=lambda m: print(m, file=sys.stderr),
     )
     print(report.table(result))
+    if args.plot:
+        report.plot(result, args.plot, "Next-token latency, SmolLM2-135M in the Phi-3 layout, 2-core CPU")
     speeds: dict[str, list[float]] = {}
     paths_of: dict[str, str] = {}
     for r in result["results"]:

@@ -143,3 +143,16 @@ def refuse_unsupported(config: GenerationConfig, backend: str) -> None:
         from aipc.errors import UsageError
 
         raise UsageError(f"structured output (json_schema) is not supported by the {backend} backend: use openvino")
+
+
+def fit_to_context(n_prompt: int, context: int, max_tokens: int) -> int:
+    """The answer budget left after the prompt; a prompt that fills the context is an error naming the limit."""
+    from aipc.errors import ContextLengthError
+
+    if n_prompt >= context:
+        raise ContextLengthError(
+            f"the prompt has {n_prompt} tokens; this model's context is {context} tokens",
+            limit=context - 1,
+            requested=n_prompt,
+        )
+    return min(max_tokens, context - n_prompt)

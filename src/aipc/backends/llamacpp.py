@@ -14,11 +14,12 @@ from pathlib import Path
 from time import perf_counter as _now
 
 import llama_cpp
+import numpy as np
 
-from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, refuse_unsupported
+from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, fit_to_context, refuse_unsupported
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
-from aipc.errors import ContextLengthError, UsageError
+from aipc.errors import UsageError
 from aipc.store.resolve import ModelSource
 
 DEFAULT_CONTEXT = 4096
@@ -41,6 +42,7 @@ class LlamaCppBackend:
 class LlamaCppModel:
     def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
+        self._gpu_layers = -1 if device.name == "gpu" else 0
         self._llm = self._open(path, device)
         trained = int(self._llm.metadata.get(f"{self._llm.metadata.get('general.architecture')}.context_length", 0))
         self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
@@ -85,13 +87,7 @@ class LlamaCppModel:
         refuse_unsupported(config, "llamacpp")
         ids = self.tokenize(prompt)
         n_prompt = len(ids)
-        if n_prompt >= self._ctx:
-            raise ContextLengthError(
-                f"the prompt has {n_prompt} tokens; the context is {self._ctx} tokens",
-                limit=self._ctx,
-                requested=n_prompt,
-            )
-        max_tokens = min(config.max_tokens, self._ctx - n_prompt)
+        max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
         if config.seed is not None:
             self._llm.set_seed(config.seed)
         sampling = (
@@ -130,6 +126,11 @@ class LlamaCppModel:
             tokens.close()
         yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
 
+    def scorer(self) -> LlamaCppScorer:
+        """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same
+        file that keeps every position's logits (`logits_all`), which the generating context does not."""
+        return LlamaCppScorer(Path(self.info.path), self._gpu_layers)
+
     def reset_cache(self) -> None:
         """Forget the KV cache `Llama.generate` keeps for a shared prompt prefix."""
         self._llm.reset()
@@ -138,3 +139,43 @@ class LlamaCppModel:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+class LlamaCppScorer:
+    """llama.cpp's logits for every position (`Llama(logits_all=True)`, then `eval`), each call from an empty
+    KV cache. The context is sized to the longest sequence seen, since `logits_all` keeps an n_ctx x vocab
+    float32 array: 512 positions of a 49k vocabulary are 100 MB, its 4096-token default would be 800 MB."""
+
+    def __init__(self, path: Path, gpu_layers: int) -> None:
+        self._path = path
+        self._gpu_layers = gpu_layers
+        self._llm: llama_cpp.Llama | None = None
+
+    def _context_for(self, n: int) -> llama_cpp.Llama:
+        if self._llm is None or self._llm.n_ctx() < n:
+            if self._llm is not None:
+                self._llm.close()
+            size = max(512, -(-n // 256) * 256)
+            try:
+                self._llm = llama_cpp.Llama(
+                    str(self._path),
+                    n_ctx=size,
+                    n_batch=size,
+                    n_ubatch=min(size, 512),
+                    n_threads=os.cpu_count(),
+                    n_gpu_layers=self._gpu_layers,
+                    logits_all=True,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise UsageError(f"llama.cpp could not open {self._path.name} for scoring: {exc}") from None
+        return self._llm
+
+    def next_token_logprobs(self, token_ids) -> np.ndarray:
+        from aipc.backends.scoring import check_ids, log_softmax
+
+        ids = check_ids(token_ids)
+        llm = self._context_for(len(ids))
+        llm.reset()  # n_tokens = 0: eval() then clears the KV cache past it
+        llm.eval(ids)
+        return log_softmax(llm.scores[: len(ids)])

@@ -8,12 +8,20 @@ import threading
 from collections.abc import Iterator
 from time import perf_counter as _now
 
+import numpy as np
 import onnxruntime_genai as og
 
-from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, folder_chat_template, refuse_unsupported
+from aipc.backends.base import (
+    DeviceInfo,
+    ModelInfo,
+    end_of_turn_ids,
+    fit_to_context,
+    folder_chat_template,
+    refuse_unsupported,
+)
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
-from aipc.errors import ContextLengthError, UsageError
+from aipc.errors import ContextLengthError, GenerationError, UsageError
 from aipc.store.resolve import ModelSource
 
 # aipc device -> ONNX Runtime GenAI provider name, in the order tried for "gpu".
@@ -77,13 +85,7 @@ class OnnxRuntimeModel:
         refuse_unsupported(config, "onnxruntime")
         ids = self._tok.encode(prompt)
         n_prompt = len(ids)
-        if n_prompt >= self._context:
-            raise ContextLengthError(
-                f"the prompt has {n_prompt} tokens; this model's context is {self._context} tokens",
-                limit=self._context,
-                requested=n_prompt,
-            )
-        max_tokens = min(config.max_tokens, self._context - n_prompt)
+        max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         generator, reused = self._generator_for(list(ids), config)
         key, self._cached = self._cached[0], None  # unknown until this generation completes
         generator.append_tokens(ids[reused:])
@@ -149,6 +151,10 @@ class OnnxRuntimeModel:
         self._cached = (key, [])
         return self._generator, 0
 
+    def scorer(self) -> OnnxRuntimeScorer:
+        """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), on this model's own session."""
+        return OnnxRuntimeScorer(self._model, self._context)
+
     def reset_cache(self) -> None:
         """Forget the kept KV cache (benchmarks use it to measure a turn without reuse)."""
         self._generator = None
@@ -157,3 +163,39 @@ class OnnxRuntimeModel:
     def close(self) -> None:
         self._generator = None
         self._model = None
+
+
+class OnnxRuntimeScorer:
+    """The model's logits for a whole sequence: a fresh generator, one `append_tokens` (the prompt pass), and
+    its `logits` output, which holds every appended position."""
+
+    def __init__(self, model: og.Model, context: int) -> None:
+        self._model = model
+        self._context = context
+
+    def next_token_logprobs(self, token_ids) -> np.ndarray:
+        from aipc.backends.scoring import check_ids, log_softmax
+
+        ids = check_ids(token_ids)
+        if len(ids) > self._context:
+            raise ContextLengthError(
+                f"cannot score {len(ids)} tokens at once; this model's context is {self._context} tokens",
+                limit=self._context,
+                requested=len(ids),
+            )
+        params = og.GeneratorParams(self._model)
+        params.set_search_options(max_length=min(self._context, len(ids) + 1))
+        generator = og.Generator(self._model, params)
+        try:
+            generator.append_tokens(np.asarray(ids, dtype=np.int32))
+            logits = np.asarray(generator.get_output("logits"))
+        except RuntimeError as exc:
+            raise GenerationError(f"ONNX Runtime GenAI could not score the sequence: {exc}") from None
+        finally:
+            del generator
+        if logits.ndim != 3 or logits.shape[1] != len(ids):
+            raise GenerationError(
+                f"ONNX Runtime GenAI returned logits of shape {logits.shape} for {len(ids)} tokens; "
+                "scoring needs every position's logits"
+            )
+        return log_softmax(logits[0])

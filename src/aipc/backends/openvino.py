@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from time import perf_counter as _now
+from typing import TYPE_CHECKING
 
 import openvino_genai as ov_genai
 
@@ -22,6 +23,9 @@ from aipc.engine.events import Finished, TextDelta
 from aipc.errors import ContextLengthError, GenerationError, UsageError
 from aipc.store import paths
 from aipc.store.resolve import ModelSource
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EMULATE_NPU_ENV = "AIPC_EMULATE_NPU"
 _FINISH = {
@@ -103,6 +107,8 @@ class OpenVINOModel:
             context_length=context,
         )
         self._is_npu = is_npu
+        self._ir = path
+        self._device = device
 
     def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
         return ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device))
@@ -168,8 +174,60 @@ class OpenVINOModel:
 
         return stream_from_callback(run, cancel)
 
+    def scorer(self) -> OpenVINOScorer:
+        """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from the IR this pipeline runs."""
+        if self._is_npu:
+            raise UsageError(
+                "scoring (aipc eval) is not supported on the NPU, whose pipeline has static shapes and returns the "
+                "last position's logits only: use --device cpu or gpu"
+            )
+        return OpenVINOScorer(self._ir, self._device)
+
     def close(self) -> None:
         self._pipe = None
+
+
+class OpenVINOScorer:
+    """The IR's stateful model run directly (`Core.compile_model`), which returns every position's logits, where
+    `LLMPipeline` slices them to the last one. Its KV-cache state is reset before each sequence. Math is fp32
+    (INFERENCE_PRECISION_HINT): the CPU plugin otherwise computes in bf16 where the CPU has it, which would add
+    its own rounding to what the weights' precision costs."""
+
+    def __init__(self, ir: Path, device: DeviceInfo) -> None:
+        import openvino as ov
+
+        props = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if device.name == "cpu":
+            props["KV_CACHE_PRECISION"] = "f32"
+        try:
+            compiled = ov.Core().compile_model(str(ir / "openvino_model.xml"), device.runtime_name, props)
+        except RuntimeError as exc:
+            raise UsageError(f"OpenVINO could not compile {ir.name} for scoring: {_last_line(exc)}") from None
+        self._names = {i.get_any_name() for i in compiled.inputs}
+        self._request = compiled.create_infer_request()
+
+    def next_token_logprobs(self, token_ids) -> np.ndarray:
+        import numpy as np
+
+        from aipc.backends.scoring import check_ids, log_softmax
+
+        ids = np.asarray([check_ids(token_ids)], dtype=np.int64)
+        n = ids.shape[1]
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(n, dtype=np.int64)[None, :],
+            "beam_idx": np.zeros(1, dtype=np.int32),
+        }
+        self._request.reset_state()
+        try:
+            self._request.infer({k: v for k, v in inputs.items() if k in self._names})
+        except RuntimeError as exc:
+            raise GenerationError(f"OpenVINO could not score the sequence: {_last_line(exc)}") from None
+        logits = self._request.get_tensor("logits").data
+        if logits.shape[1] != n:
+            raise GenerationError(f"OpenVINO returned logits for {logits.shape[1]} of {n} positions")
+        return log_softmax(logits[0])
 
 
 def model_context_length(source: ModelSource, ir: Path) -> int | None:

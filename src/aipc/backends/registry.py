@@ -23,6 +23,8 @@ BACKENDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 BATCHED: dict[str, tuple[str, str]] = {
     "openvino": ("aipc.backends.openvino_batched", "OpenVINOBatchedBackend"),
 }
+# Backends whose opened models have `scorer()` (teacher-forced log-probs, for `aipc eval`).
+SCORING = ("openvino", "onnxruntime", "llamacpp", "torch")
 # Devices in the order `--device auto` prefers them: the NPU is the AI PC's efficient path.
 DEVICE_PREFERENCE = ("npu", "gpu", "cpu")
 

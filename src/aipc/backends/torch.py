@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from time import perf_counter as _now
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -18,13 +19,14 @@ from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
     end_of_turn_ids,
+    fit_to_context,
     folder_chat_template,
     refuse_unsupported,
     stream_from_callback,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
-from aipc.errors import ContextLengthError, UsageError
+from aipc.errors import UsageError
 from aipc.store.resolve import ModelSource
 
 
@@ -91,13 +93,7 @@ class TorchModel:
         refuse_unsupported(config, "torch")
         ids = self.tokenize(prompt)
         n_prompt = len(ids)
-        if n_prompt >= self._context:
-            raise ContextLengthError(
-                f"the prompt has {n_prompt} tokens; this model's context is {self._context} tokens",
-                limit=self._context,
-                requested=n_prompt,
-            )
-        max_tokens = min(config.max_tokens, self._context - n_prompt)
+        max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         kwargs: dict = {"min_new_tokens": max_tokens} if config.ignore_eos else {}
         kwargs |= {
             "max_new_tokens": max_tokens,
@@ -140,8 +136,28 @@ class TorchModel:
 
         return stream_from_callback(run, cancel)
 
+    def scorer(self) -> TorchScorer:
+        """Teacher-forced next-token log-probs from one forward pass (see `aipc.backends.scoring`)."""
+        return TorchScorer(self._model, self._device)
+
     def close(self) -> None:
         self._model = None
+
+
+class TorchScorer:
+    """One forward pass over the whole sequence, no KV cache: the reference's own logits for every position."""
+
+    def __init__(self, model, device: str) -> None:
+        self._model = model
+        self._device = device
+
+    def next_token_logprobs(self, token_ids) -> np.ndarray:
+        from aipc.backends.scoring import check_ids
+
+        ids = torch.tensor([check_ids(token_ids)], device=self._device)
+        with torch.inference_mode():
+            logits = self._model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0]
+            return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
 
 
 class _Cancelled(StoppingCriteria):

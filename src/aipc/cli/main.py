@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler="aipc.cli.run:command")
     _add_serve(sub)
     _add_model_commands(sub)
+    _add_eval(sub)
     return parser
 
 
@@ -147,6 +148,31 @@ def _add_model_commands(sub) -> None:
     rm = sub.add_parser("rm", help="remove a stored model (every variant) or one NAME@VARIANT")
     rm.add_argument("names", nargs="+", metavar="NAME[@VARIANT]")
     rm.set_defaults(handler="aipc.cli.models:rm_command")
+
+
+def _add_eval(sub) -> None:
+    """eval: quality measured, teacher-forced, against the fp32 reference."""
+    ev = sub.add_parser(
+        "eval",
+        help="measure quality: perplexity on a text, KL divergence and top-1 agreement against a reference",
+        description="Score MODEL (default: the embedded smollm2:135m) on a text, teacher-forced in overlapping "
+        "windows: its perplexity and, against a reference model with the same tokenizer, the mean "
+        "KL(reference || model) of the next-token distributions and how often both rank the same token first. "
+        "The reference defaults to the fp32 PyTorch form of the Hugging Face folder a stored variant was "
+        "converted from.",
+    )
+    ev.add_argument("model", nargs="?", metavar="MODEL", help="catalog name, NAME@VARIANT, or a model path")
+    ev.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default: the shipped Jargon File excerpt)")
+    ev.add_argument(
+        "--reference", metavar="MODEL", help="the model to compare with, or 'none' (default: the variant's source)"
+    )
+    ev.add_argument("--reference-backend", default="auto", help="the backend that runs --reference (default: auto)")
+    ev.add_argument("--max-tokens", type=int, default=4096, help="tokens scored, from the text's start (default 4096)")
+    ev.add_argument("--window", type=int, default=512, help="tokens per forward pass, overlapping half (default 512)")
+    ev.add_argument("--backend", default="auto", help="auto, openvino, onnxruntime, llamacpp or torch (default: auto)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu.N (default: auto: GPU, then CPU)")
+    ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ev.set_defaults(handler="aipc.cli.eval:command")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

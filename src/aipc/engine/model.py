@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aipc.backends.base import Backend, ModelInfo
+from aipc.backends.scoring import Scorer
 from aipc.engine import template
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
@@ -145,6 +146,19 @@ class Model:
             alt.device,
         )
         return self._alternative
+
+    def scorer(self) -> Scorer:
+        """The runtime's teacher-forced next-token log-probs (`aipc eval` measures quality with them); a backend
+        without that capability is refused by name, with the backends that have it."""
+        make = getattr(self._backend, "scorer", None)
+        if make is None:
+            from aipc.backends.registry import SCORING
+
+            raise UsageError(
+                f"the {self.info.backend} backend cannot score tokens (needed by eval): "
+                f"use one of {', '.join(SCORING)} (--backend)"
+            )
+        return make()
 
     def reset_cache(self) -> None:
         """Forget any KV cache kept for the next chat turn (for measuring a turn without reuse)."""
