@@ -75,6 +75,7 @@ def serve() -> None:
 
     model = None
     prompts: dict[int, str] = {}
+    runs = 0
     for line in sys.stdin:
         cmd = json.loads(line)
         try:
@@ -91,7 +92,10 @@ def serve() -> None:
                 n = int(cmd["prompt_tokens"])
                 if n not in prompts:
                     prompts[n], _ = prompt_of(model, n)
-                reply = measure(model, prompts[n], int(cmd["gen_tokens"]))
+                runs += 1
+                # A new first word each run: runtimes that keep the KV cache of a shared prompt prefix
+                # (llama.cpp, OpenVINO) would otherwise skip the prefill and report a warm TTFT.
+                reply = measure(model, f"Run {runs}: {prompts[n]}", int(cmd["gen_tokens"]))
             elif cmd["cmd"] == "quit":
                 break
             else:
