@@ -90,12 +90,14 @@ def serve() -> None:
                 }
             elif cmd["cmd"] == "run":
                 n = int(cmd["prompt_tokens"])
-                if n not in prompts:
-                    prompts[n], _ = prompt_of(model, n)
                 runs += 1
                 # A new first word each run: runtimes that keep the KV cache of a shared prompt prefix
                 # (llama.cpp, OpenVINO) would otherwise skip the prefill and report a warm TTFT.
-                reply = measure(model, f"Run {runs}: {prompts[n]}", int(cmd["gen_tokens"]))
+                head = f"Run {runs}:"
+                body_tokens = max(1, n - len(model.tokenize(head)))
+                if body_tokens not in prompts:
+                    prompts[body_tokens], _ = prompt_of(model, body_tokens)
+                reply = measure(model, f"{head} {prompts[body_tokens]}", int(cmd["gen_tokens"]))
             elif cmd["cmd"] == "quit":
                 break
             else:
