@@ -104,7 +104,6 @@ class LlamaCppModel:
         generated = 0
         produced: list[int] = []
         reason = "length"
-        previous: list[int] = []
         tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
         try:
             for token in tokens:
@@ -113,8 +112,9 @@ class LlamaCppModel:
                 if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
                     reason = "stop"
                     break
-                text = decoder.decode(self._llm.detokenize([token], prev_tokens=previous))
-                previous.append(token)
+                # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across
+                # tokens (llama-cpp-python's tokenizer ignores prev_tokens, so none are kept).
+                text = decoder.decode(self._llm.detokenize([token]))
                 if text:
                     yield TextDelta(text, _now())
                 if cancel.is_set():
