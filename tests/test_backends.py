@@ -160,18 +160,32 @@ def test_unsupported_options_are_refused_not_dropped(embedded_on, backend):
         embedded_on(backend).generate("hi", json_schema='{"type": "object"}')
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "llamacpp"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "llamacpp", "openvino"])
 def test_second_chat_turn_reuses_the_first_turns_cache_without_changing_the_answer(embedded_on, backend):
-    model = embedded_on(backend)
+    if backend == "openvino":
+        # OpenVINO's CPU defaults (bf16 math, u8 KV cache) round a history differently when it arrives in two
+        # chunks; on this model that flips a 0.28-nat near-tie in the second turn's first token, as changing
+        # either cache's precision alone also does. In f32 the reused and the fresh answers are identical.
+        with aipc.load("smollm2:135m", backend="openvino", device="cpu", precision_hint="f32") as model:
+            reused, fresh = _second_turn_with_and_without_reuse(model)
+        assert reused.token_ids == fresh.token_ids
+    else:
+        reused, fresh = _second_turn_with_and_without_reuse(embedded_on(backend))
+        # Prefilling the history in one pass or in two chunks sums in a different order: fp32 rounding may flip
+        # a late near-tie, so the first 16 tokens must match exactly (llama.cpp matches all 24 here).
+        assert _common_prefix(reused.token_ids, fresh.token_ids) >= 16, (reused.token_ids, fresh.token_ids)
+    # That only the new tokens were prefilled is timed by benchmarks/chat_reuse.py, not here.
+
+
+def _second_turn_with_and_without_reuse(model):
+    """The second turn's `Done` with the first turn's cache reused, and again after `reset_cache`."""
     first = [{"role": "user", "content": "My name is Ada. " + "Here is some background. " * 40}]
     *_, done1 = model.stream_chat(first, **GREEDY, max_tokens=24)
+    assert done1.usage.prompt_tokens > 150
     reply = model.chat(first, **GREEDY, max_tokens=24)
     history = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "What is my name?"}]
     *deltas, reused = model.stream_chat(history, **GREEDY, max_tokens=24)
     model.reset_cache()
     *fresh_deltas, fresh = model.stream_chat(history, **GREEDY, max_tokens=24)
-    # Prefilling the history in one pass or in two chunks sums in a different order: fp32 rounding may flip a
-    # late near-tie, so the first 16 tokens must match exactly (llama.cpp matches all 24 here).
-    assert _common_prefix(reused.token_ids, fresh.token_ids) >= 16, (reused.token_ids, fresh.token_ids)
     assert "".join(d.text for d in deltas)[:20] == "".join(d.text for d in fresh_deltas)[:20]
-    assert done1.usage.prompt_tokens > 150
+    return reused, fresh

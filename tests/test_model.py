@@ -120,3 +120,15 @@ def test_npu_prompt_over_its_limit_names_the_limit(npu_model):
     with pytest.raises(ContextLengthError, match=f"limit of {limit} \\(MAX_PROMPT_LEN\\)") as info:
         npu_model.generate("hello " * (limit + 50), **GREEDY)
     assert info.value.limit == limit and info.value.requested > limit
+
+
+@pytest.mark.npu
+def test_npu_second_chat_turn_gives_the_fresh_answer_with_its_prefix_cached(npu_model):
+    first = [{"role": "user", "content": "My name is Ada. " + "Here is some background. " * 60}]
+    reply = npu_model.chat(first, **GREEDY, max_tokens=16)
+    history = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "What is my name?"}]
+    *_, reused = npu_model.stream_chat(history, **GREEDY, max_tokens=16)
+    npu_model.reset_cache()
+    *_, fresh = npu_model.stream_chat(history, **GREEDY, max_tokens=16)
+    assert reused.usage.prompt_tokens > 256  # more than one prefill chunk, so there is a chunk to reuse
+    assert reused.token_ids == fresh.token_ids

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 EMULATE_NPU_ENV = "AIPC_EMULATE_NPU"
+NPU_PREFILL_CHUNK = 256
 _FINISH = {
     ov_genai.GenerationFinishReason.STOP: "stop",
     ov_genai.GenerationFinishReason.LENGTH: "length",
@@ -45,6 +46,11 @@ def pipeline_properties(config: LoadConfig, device: DeviceInfo) -> dict[str, obj
         props |= {
             "MAX_PROMPT_LEN": config.npu_max_prompt_len,
             "MIN_RESPONSE_LEN": config.npu_min_response_len,
+            # Prefill in chunks of 256 tokens, and keep the KV of chunks a later prompt starts with, so a chat's
+            # next turn prefills only its new tokens. (The default 1024-token chunk spans a whole prompt, which
+            # leaves nothing to reuse and pads short prompts to 1024.)
+            "NPUW_LLM_ENABLE_PREFIX_CACHING": "YES",
+            "NPUW_LLM_PREFILL_CHUNK_SIZE": NPU_PREFILL_CHUNK,
         }
         if device.emulated:
             props["NPUW_DEVICES"] = "CPU"
@@ -109,6 +115,7 @@ class OpenVINOModel:
         self._is_npu = is_npu
         self._ir = path
         self._device = device
+        self._load_config = config
 
     def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
         return ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device))
@@ -173,6 +180,19 @@ class OpenVINOModel:
             return Finished(reason, n_prompt, len(tokens), _now(), tuple(int(t) for t in tokens))
 
         return stream_from_callback(run, cancel)
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache of earlier prompts. On the CPU and GPU, `LLMPipeline` runs paged attention with
+        prefix caching: the KV blocks of recent prompts stay, and a prompt that starts with one of them (a chat's
+        next turn, its history rendered by aipc's own template) prefills only what follows. The pipeline has no
+        call that drops those blocks, so this reopens it (from the compiled-model cache), then runs one token
+        through it so that its first-inference setup is not counted against the next prompt."""
+        self._pipe = None
+        self._pipe = self._open(self._ir, self._load_config, self._device)
+        self._tok = self._pipe.get_tokenizer()
+        cancel = threading.Event()
+        for _ in self.generate(self._tok.get_bos_token() or " ", GenerationConfig(max_tokens=1), cancel):
+            pass
 
     def scorer(self) -> OpenVINOScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from the IR this pipeline runs."""

@@ -120,6 +120,9 @@ class OpenVINOBatchedModel(OpenVINOModel):
     def _default_generation_config(self) -> ov_genai.GenerationConfig:
         return self._pipe.get_config()
 
+    # Prefix caching keeps the blocks of every recent prompt, shared by all callers: no one chat's cache to drop.
+    reset_cache = None
+
     def generate(
         self, prompt: str, config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
