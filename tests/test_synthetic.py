@@ -30,8 +30,31 @@ def test_phi3_mini_sized_random_model_is_written_straight_to_gguf_and_runs():
     assert done.usage.completion_tokens == 2
 
 
-def test_synthetic_models_are_only_written_as_gguf_q4_0():
-    result = run_cli("convert", "synthetic:phi3-mini", "--to", "onnx")
-    assert result.returncode == 2 and "use --to gguf --precision q4_0" in result.stderr
+def test_phi3_mini_sized_random_model_is_written_as_the_onnx_builders_int4_graph_and_runs():
+    import json
+
+    import onnx
+
+    variant = convert("synthetic:phi3-mini", "onnx", "int4")
+    assert variant.name == "synthetic-phi3-mini" and variant.synthetic and variant.variant == "onnx-int4"
+    decoder = json.loads((variant.path / "genai_config.json").read_text())["model"]["decoder"]
+    assert (decoder["hidden_size"], decoder["num_hidden_layers"], decoder["num_attention_heads"]) == (3072, 32, 32)
+    graph = onnx.load(str(variant.path / "model.onnx"), load_external_data=False).graph
+    layers = {n.name.split("/")[2] for n in graph.node if n.name.startswith("/model/layers.")}
+    assert {f"layers.{k}" for k in range(32)} <= layers
+    assert sum(n.op_type == "GroupQueryAttention" for n in graph.node) == 32
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 32 * 5 + 1  # qkv, o, gate, up, down; lm_head
+    assert len([i for i in graph.input if i.name.startswith("past_key_values.")]) == 64
+    # Phi-3-mini int4 for the CPU as the builder writes it: 4-bit blocks of 32 plus an fp32 embedding.
+    assert 2.5e9 < sum(f.stat().st_size for f in variant.path.iterdir()) < 2.9e9
+    assert "SYNTHETIC" in run_cli("show", "synthetic-phi3-mini@onnx-int4").stdout
+    with aipc.load("synthetic-phi3-mini@onnx-int4", backend="onnxruntime", device="cpu") as model:
+        *_, done = model.stream("Hello", raw=True, max_tokens=2, temperature=0, ignore_eos=True)
+    assert done.usage.completion_tokens == 2
+
+
+def test_synthetic_models_are_only_written_as_gguf_q4_0_or_onnx_int4():
+    result = run_cli("convert", "synthetic:phi3-mini", "--to", "openvino")
+    assert result.returncode == 2 and "use --to gguf --precision q4_0 or --to onnx --precision int4" in result.stderr
     result = run_cli("convert", "synthetic:phi9", "--to", "gguf", "--precision", "q4_0")
     assert result.returncode == 2 and "unknown synthetic shape 'phi9'" in result.stderr

@@ -77,6 +77,13 @@ def convert(
     return store.find(f"{name}@{variant}")[0]
 
 
+# What `synthetic:SHAPE` can be written as: (--to, precision) -> (store format, backend, how).
+_SYNTHETIC = {
+    ("gguf", "q4_0"): ("gguf", "llamacpp", "Q4_0 blocks, fixed scale"),
+    ("onnx", "int4"): ("onnx-genai", "onnxruntime", "the builder's int4 graph, two layers built and repeated"),
+}
+
+
 def _synthetic(shape: str, to: str, precision: str, name: str | None) -> store.Variant:
     """`synthetic:phi3-mini`: random weights in a real model's exact dimensions, for speed at real scale."""
     from aipc.convert.synthetic import SHAPES
@@ -84,39 +91,46 @@ def _synthetic(shape: str, to: str, precision: str, name: str | None) -> store.V
 
     if shape not in SHAPES:
         raise UsageError(f"unknown synthetic shape {shape!r}: valid shapes are {', '.join(SHAPES)}")
-    if (to, precision) != ("gguf", "q4_0"):
-        raise UsageError(
-            "synthetic models are written straight to GGUF q4_0 (which llama.cpp and OpenVINO run): "
-            "use --to gguf --precision q4_0"
-        )
+    if (to, precision) not in _SYNTHETIC:
+        valid = " or ".join(f"--to {t} --precision {p}" for t, p in _SYNTHETIC)
+        raise UsageError(f"synthetic models are written straight to GGUF q4_0 or ONNX int4 (CPU): use {valid}")
+    fmt, backend, how = _SYNTHETIC[(to, precision)]
+    variant = store.variant_name(fmt, precision)
     name = name if name and name.startswith(NAME_PREFIX) else f"{NAME_PREFIX}{name or shape}"
     store.validate_name(name)
-    target = store.variant_dir(name, "gguf-q4_0")
+    target = store.variant_dir(name, variant)
     dims = SHAPES[shape]
     store.check_free_space(target.parent, recipes.parameter_count({**dims, "vocab_size": 32064}) * 0.6)
-    with staged(target) as tmp:
+    work = paths.home() / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="synthetic-", dir=work) as scratch, staged(target) as tmp:
         if tmp is not None:
             _say(f"writing random weights with {shape}'s dimensions (not a real model)")
-            write_random_gguf(tmp / f"{name}.q4_0.gguf", shape)
+            if to == "gguf":
+                write_random_gguf(tmp / f"{name}.q4_0.gguf", shape)
+            else:
+                from aipc.convert.synthetic_onnx import write_random_onnx
+
+                write_random_onnx(tmp, shape, Path(scratch), Path(scratch) / "convert.log")
             store.write_manifest(
                 tmp,
                 {
                     "name": name,
-                    "variant": "gguf-q4_0",
-                    "format": "gguf",
-                    "backend": "llamacpp",
-                    "precision": "q4_0",
+                    "variant": variant,
+                    "format": fmt,
+                    "backend": backend,
+                    "precision": precision,
                     "device_target": "cpu",
-                    "recipe": {"random": "Q4_0 blocks, fixed scale", "seed": 0},
+                    "recipe": {"random": how, "seed": 0},
                     "notes": [f"SYNTHETIC: random weights in {shape}'s exact dimensions, for speed measurements only"],
                     "source": {"kind": "synthetic", "shape": shape},
-                    "architecture": f"llama ({shape} dimensions)",
+                    "architecture": f"{'llama' if to == 'gguf' else 'phi3'} ({shape} dimensions)",
                     "context_length": dims["max_position_embeddings"],
                     "synthetic": True,
-                    "tools": _versions(("gguf",)),
+                    "tools": _versions(TOOLS[to] if to == "onnx" else ("gguf",)),
                 },
             )
-    return store.find(f"{name}@gguf-q4_0")[0]
+    return store.find(f"{name}@{variant}")[0]
 
 
 def _as_hf(checkpoint: sources.Checkpoint, scratch: Path, to: str) -> tuple[Path | None, dict[str, Any], list[str]]:

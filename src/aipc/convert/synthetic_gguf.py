@@ -78,22 +78,28 @@ def write_random_gguf(out: Path, shape: str = "phi3-mini", *, seed: int = 0) -> 
     return out
 
 
-def _add_tokenizer(writer, meta: dict) -> None:
-    """SmolLM2's byte-level BPE cut to Phi-3-mini's vocabulary size (merges that leave it are dropped), so the
-    embedding and output matrices have Phi-3-mini's exact shape."""
+def phi3_mini_vocab(meta: dict) -> dict:
+    """GGUF metadata with SmolLM2's byte-level BPE cut to Phi-3-mini's vocabulary size (merges that leave it
+    are dropped), so the embedding and output matrices have Phi-3-mini's exact shape."""
     tokens = list(meta["tokenizer.ggml.tokens"])[:VOCAB]
-    types = list(meta["tokenizer.ggml.token_type"])[:VOCAB]
     vocab = set(tokens)
     merges = [
         m
         for m in meta["tokenizer.ggml.merges"]
         if "".join(m.split(" ")) in vocab and all(part in vocab for part in m.split(" "))
     ]
+    types = list(meta["tokenizer.ggml.token_type"])[:VOCAB]
+    cut = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges}
+    return {**meta, **cut}
+
+
+def _add_tokenizer(writer, meta: dict) -> None:
+    meta = phi3_mini_vocab(meta)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(meta.get("tokenizer.ggml.pre", "default"))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
+    writer.add_token_list(meta["tokenizer.ggml.tokens"])
+    writer.add_token_types(meta["tokenizer.ggml.token_type"])
+    writer.add_token_merges(meta["tokenizer.ggml.merges"])
     writer.add_bos_token_id(meta["tokenizer.ggml.bos_token_id"])
     writer.add_eos_token_id(meta["tokenizer.ggml.eos_token_id"])
     writer.add_add_bos_token(False)
