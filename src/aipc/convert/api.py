@@ -77,10 +77,16 @@ def convert(
     return store.find(f"{name}@{variant}")[0]
 
 
-# What `synthetic:SHAPE` can be written as: (--to, precision) -> (store format, backend, how).
+# What `synthetic:SHAPE` can be written as: (--to, precision) -> (store format, backend, how, architecture, tools).
 _SYNTHETIC = {
-    ("gguf", "q4_0"): ("gguf", "llamacpp", "Q4_0 blocks, fixed scale"),
-    ("onnx", "int4"): ("onnx-genai", "onnxruntime", "the builder's int4 graph, two layers built and repeated"),
+    ("gguf", "q4_0"): ("gguf", "llamacpp", "Q4_0 blocks, fixed scale", "llama", ("gguf",)),
+    ("onnx", "int4"): (
+        "onnx-genai",
+        "onnxruntime",
+        "the builder's int4 graph, two layers built and repeated",
+        "phi3",
+        TOOLS["onnx"],
+    ),
 }
 
 
@@ -94,7 +100,7 @@ def _synthetic(shape: str, to: str, precision: str, name: str | None) -> store.V
     if (to, precision) not in _SYNTHETIC:
         valid = " or ".join(f"--to {t} --precision {p}" for t, p in _SYNTHETIC)
         raise UsageError(f"synthetic models are written straight to GGUF q4_0 or ONNX int4 (CPU): use {valid}")
-    fmt, backend, how = _SYNTHETIC[(to, precision)]
+    fmt, backend, how, architecture, tools = _SYNTHETIC[(to, precision)]
     variant = store.variant_name(fmt, precision)
     name = name if name and name.startswith(NAME_PREFIX) else f"{NAME_PREFIX}{name or shape}"
     store.validate_name(name)
@@ -124,10 +130,10 @@ def _synthetic(shape: str, to: str, precision: str, name: str | None) -> store.V
                     "recipe": {"random": how, "seed": 0},
                     "notes": [f"SYNTHETIC: random weights in {shape}'s exact dimensions, for speed measurements only"],
                     "source": {"kind": "synthetic", "shape": shape},
-                    "architecture": f"{'llama' if to == 'gguf' else 'phi3'} ({shape} dimensions)",
+                    "architecture": f"{architecture} ({shape} dimensions)",
                     "context_length": dims["max_position_embeddings"],
                     "synthetic": True,
-                    "tools": _versions(TOOLS[to] if to == "onnx" else ("gguf",)),
+                    "tools": _versions(tools),
                 },
             )
     return store.find(f"{name}@{variant}")[0]

