@@ -14,7 +14,7 @@ from typing import Any
 
 from aipc.backends.base import Backend, ModelInfo
 from aipc.backends.scoring import Scorer
-from aipc.engine import template
+from aipc.engine import prompt, template
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
 from aipc.errors import AipcError, ContextLengthError, ConversionError, GenerationError, UsageError
@@ -45,34 +45,60 @@ class Model:
     # --- prompts -------------------------------------------------------------------------------------
     def format(self, messages: Sequence[dict[str, Any]]) -> str:
         """The prompt text the model sees for `messages`, rendered with its own chat template."""
-        info = self._backend.info
-        return template.render(
-            info.chat_template,
-            template.validate_messages(messages),
-            bos_token=info.bos_token,
-            eos_token=info.eos_token,
-        )
+        return self._render(self._backend, template.validate_messages(messages))
+
+    def encode(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """The prompt's token ids for `messages`: the template's markup may hold control tokens, message
+        content never does (typed `<|im_end|>` stays text; see `aipc.engine.prompt`)."""
+        return self._encode_chat(self._backend, template.validate_messages(messages))
 
     def tokenize(self, text: str) -> list[int]:
+        """Token ids of raw text (control-token strings in it become control tokens, as in a raw prompt)."""
         return self._backend.tokenize(text)
 
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._backend.detokenize(ids)
+
+    @staticmethod
+    def _render(backend: Backend, messages: list[dict[str, Any]]) -> str:
+        info = backend.info
+        return template.render(info.chat_template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+
+    def _encode_chat(self, backend: Backend, messages: list[dict[str, Any]]) -> list[int]:
+        escaped, changed = prompt.escape_messages(messages, backend.info.special_tokens)
+        text = self._render(backend, escaped)
+        return prompt.tokenize_pieces(text, backend.tokenize) if changed else backend.tokenize(text)
+
     # --- generation ----------------------------------------------------------------------------------
-    def stream(self, prompt: str, *, system: str | None = None, raw: bool = False, **options: Any) -> Iterator[Event]:
+    def stream(
+        self, prompt: str | Sequence[int], *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> Iterator[Event]:
         """Stream the answer to one user prompt: `TextDelta`s, then one `Done`.
 
-        `raw=True` sends `prompt` as is, without the chat template.
+        `raw=True` sends `prompt` as is, without the chat template: text (control-token strings in it are
+        control tokens) or token ids.
         """
         if raw:
-            return self._run(prompt, self.defaults.updated(**options))
+            config = self.defaults.updated(**options)
+            if isinstance(prompt, str):
+                return self._run(lambda backend: backend.tokenize(prompt), config)
+            ids = [int(i) for i in prompt]
+            return self._run(lambda backend: ids, config)
+        if not isinstance(prompt, str):
+            raise UsageError("a prompt of token ids needs raw=True (the chat template takes text)")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return self.stream_chat(messages, **options)
 
     def stream_chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> Iterator[Event]:
         """Stream the assistant's next turn for OpenAI-style `messages`."""
         config = self.defaults.updated(**options)  # validate before any work
-        return self._run(self.format(messages), config)
+        clean = template.validate_messages(messages)
+        ids = self._encode_chat(self._backend, clean)  # template errors surface here, before the stream starts
+        return self._run(lambda backend: ids if backend is self._backend else self._encode_chat(backend, clean), config)
 
-    def generate(self, prompt: str, *, system: str | None = None, raw: bool = False, **options: Any) -> str:
+    def generate(
+        self, prompt: str | Sequence[int], *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> str:
         """The whole answer to one user prompt."""
         return _join(self.stream(prompt, system=system, raw=raw, **options))
 
@@ -80,7 +106,7 @@ class Model:
         """The assistant's next turn for OpenAI-style `messages`, as text."""
         return _join(self.stream_chat(messages, **options))
 
-    def _run(self, prompt: str, config: GenerationConfig) -> Iterator[Event]:
+    def _run(self, encode: Callable[[Backend], list[int]], config: GenerationConfig) -> Iterator[Event]:
         cancel = threading.Event()
         start = time.perf_counter()
         first: float | None = None
@@ -89,10 +115,10 @@ class Model:
         stopped = False
         backend = self._backend
         try:
-            items = backend.generate(prompt, config, cancel)
+            items = backend.generate(encode(backend), config, cancel)
         except ContextLengthError as exc:
             backend = self._route_off_npu(exc)
-            items = backend.generate(prompt, config, cancel)
+            items = backend.generate(encode(backend), config, cancel)
         try:
             for item in items:
                 if isinstance(item, Finished):
@@ -127,6 +153,7 @@ class Model:
             backend=info.backend,
             device=info.device,
             token_ids=finished.token_ids,
+            model=info.ref or info.name,
         )
 
     def _route_off_npu(self, exc: ContextLengthError) -> Backend:

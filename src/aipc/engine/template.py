@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from aipc.engine import sandbox
 from aipc.errors import UsageError
 
 ROLES = ("system", "user", "assistant")
@@ -44,14 +45,13 @@ def _raise(message: str) -> None:
 
 @lru_cache(maxsize=8)
 def _compile(source: str):
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    # The same settings as transformers' apply_chat_template, so prompts match the reference byte for byte.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    # The same settings as transformers' apply_chat_template, so prompts match the reference byte for byte, in a
+    # sandbox bounded in time and size (templates come from model files).
+    env = sandbox.bounded_environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.filters["tojson"] = _tojson
-    return env.from_string(source)
+    env.filters["tojson"] = sandbox._guard_filter(_tojson)
+    return sandbox.compile_template(env, source)
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
@@ -88,13 +88,14 @@ def render(
     from jinja2 import TemplateError as JinjaError
 
     try:
-        return _compile(template or FALLBACK_TEMPLATE).render(
+        return sandbox.render(
+            _compile(template or FALLBACK_TEMPLATE),
             messages=list(messages),
             bos_token=bos_token,
             eos_token=eos_token,
             add_generation_prompt=add_generation_prompt,
         )
-    except TemplateError:
+    except (TemplateError, sandbox.TemplateLimitError):
         raise
     except JinjaError as exc:
         raise TemplateError(f"chat template failed to render: {exc}") from None

@@ -242,9 +242,9 @@ def _model_not_found(asked: str, served: str) -> APIError:
 class _Prepared:
     """A request checked against the model: the prompt text, its token count, and the engine's options."""
 
-    def __init__(self, prompt: str, prompt_tokens: int, options: dict[str, Any], echo: str = "") -> None:
+    def __init__(self, prompt: list[int], options: dict[str, Any], echo: str = "") -> None:
         self.prompt = prompt
-        self.prompt_tokens = prompt_tokens
+        self.prompt_tokens = len(prompt)
         self.options = options
         self.echo = echo
 
@@ -344,20 +344,19 @@ def _prepare_chat(state: ServerState, model: Any, body: protocol.ChatRequest) ->
     asked = body.wanted_max_tokens()
     options, config = _options(model, body, asked, extra)
     try:
-        prompt = model.format(messages)
+        prompt = model.encode(messages)
     except AipcError as exc:
         raise to_api_error(exc, param="messages") from None
-    n_prompt = len(model.tokenize(prompt))
-    options["max_tokens"] = _fit(state, model, n_prompt, asked, config.max_tokens, "messages")
-    return _Prepared(prompt, n_prompt, options)
+    options["max_tokens"] = _fit(state, model, len(prompt), asked, config.max_tokens, "messages")
+    return _Prepared(prompt, options)
 
 
 def _prepare_text(state: ServerState, model: Any, body: protocol.CompletionRequest) -> _Prepared:
-    prompt = body.prompt_text()
+    text = body.prompt_text()
     options, config = _options(model, body, body.max_tokens, {})
-    n_prompt = len(model.tokenize(prompt))
-    options["max_tokens"] = _fit(state, model, n_prompt, body.max_tokens, config.max_tokens, "prompt")
-    return _Prepared(prompt, n_prompt, options, echo=prompt if body.echo else "")
+    prompt = model.tokenize(text)
+    options["max_tokens"] = _fit(state, model, len(prompt), body.max_tokens, config.max_tokens, "prompt")
+    return _Prepared(prompt, options, echo=text if body.echo else "")
 
 
 def _fit(state: ServerState, model: Any, n_prompt: int, asked: int | None, default: int, what: str) -> int:

@@ -32,6 +32,11 @@ class ModelSource:
     variant: str = ""
     backend: str = ""  # the backend a stored variant was made for, tried first
 
+    @property
+    def ref(self) -> str:
+        """What ran, as users name it: `name@variant` for a stored variant, else the name."""
+        return f"{self.name}@{self.variant}" if self.variant else self.name
+
 
 # Stored variants are tried fastest first (fewer bits read per token), as measured on this project's CPUs by
 # benchmarks/backends.py: llama.cpp's q4_0 (repacked AVX-512 kernels) decoded ~1.6x faster than OpenVINO's or
