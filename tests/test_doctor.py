@@ -170,6 +170,18 @@ def test_gpu_without_kernel_driver(tmp_path):
     assert "no i915 or xe driver bound" in line(result.stdout, "GPU kernel driver")
 
 
+def test_server_with_another_vendors_gpu(tmp_path):
+    xeon = RAPTOR_LAKE_CPUINFO.replace("13th Gen Intel(R) Core(TM) i7-13700H", "Intel(R) Xeon(R) Platinum 8480+")
+    m = Machine(tmp_path / "m").cpu(xeon.replace("186", "143")).modules().user()
+    m.pci("0000:02:00.0", 0x1A03, 0x2000, 0x030000, "ast")  # the management console's VGA
+    m.pci("0000:17:00.0", 0x10DE, 0x2335, 0x030200, "nvidia")
+    result = doctor(m.root, "--device", "gpu")
+    assert result.returncode == 1
+    gpu = line(result.stdout, "GPU device")
+    assert "found NVIDIA [10de:2335]" in gpu and "1a03" not in gpu and "llama.cpp" in gpu
+    assert line(doctor(m.root).stdout, "GPU device").startswith("  -")  # no GPU expected, none asked for
+
+
 def test_this_machine(tmp_path):
     """This machine has neither NPU nor GPU: asking for the NPU fails with the reason; plain doctor passes."""
     asked = run_cli("doctor", "--device", "npu", env={"AIPC_SYSROOT": "/"})

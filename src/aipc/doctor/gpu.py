@@ -28,7 +28,7 @@ def checks(root: SysRoot, gen: Generation | None) -> list[Check]:
                 Check(AREA, "GPU device", INFO, "WSL: the GPU is reached through /dev/dxg", needed_by=NEED),
                 *_runtime(root),
             ]
-        others = ", ".join(f"{g.vendor_name} [{g.ids}]" for g in found if g.vendor not in pci.VIRTUAL_VENDORS)
+        others = ", ".join(f"{g.vendor_name} [{g.ids}]" for g in found if g.vendor not in pci.NO_COMPUTE_VENDORS)
         detail = "no Intel GPU on the PCI bus"
         if others:
             detail += f" (found {others}; OpenVINO drives Intel GPUs, llama.cpp or ONNX Runtime GPU builds the others)"

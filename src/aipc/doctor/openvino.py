@@ -41,7 +41,7 @@ def checks(root: SysRoot, prior: list[Check], emulated: bool) -> list[Check]:
                 "the openvino package is not installed",
                 "pip install openvino-genai",
                 links.OV_INSTALL,
-                needed_by=("npu", "gpu"),
+                needed_by=("npu", "gpu", "cpu"),
             )
         ]
     plugins = _plugins(Path(next(iter(spec.submodule_search_locations))))

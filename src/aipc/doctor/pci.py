@@ -21,8 +21,9 @@ NPU_IDS: dict[int, tuple[str, int]] = {
 ACCELERATOR_CLASS = 0x12  # PCI base class "processing accelerators" (the NPU is 0x120000)
 DISPLAY_CLASS = 0x03  # VGA (0x0300xx), 3D (0x0302xx) and other display controllers (0x0380xx)
 VENDORS = {0x8086: "Intel", 0x10DE: "NVIDIA", 0x1002: "AMD"}
-# Display adapters of virtual machines (virtio, QEMU/Bochs, VMware, Hyper-V, VirtualBox, Cirrus): not GPUs to use.
-VIRTUAL_VENDORS = {0x1AF4, 0x1234, 0x15AD, 0x1414, 0x80EE, 0x1013}
+# Display adapters that are no compute GPU: virtual machines' (virtio, QEMU/Bochs, VMware, Hyper-V, VirtualBox,
+# Cirrus) and servers' management consoles (ASPEED, Matrox).
+NO_COMPUTE_VENDORS = {0x1AF4, 0x1234, 0x15AD, 0x1414, 0x80EE, 0x1013, 0x1A03, 0x102B}
 
 
 @dataclass(frozen=True)
