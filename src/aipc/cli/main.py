@@ -142,7 +142,23 @@ def _add_model_commands(sub) -> None:
     devices = sub.add_parser("devices", help="list what each backend can use here: CPU, GPU, NPU")
     devices.add_argument("--json", action="store_true", help="machine-readable output")
     devices.set_defaults(handler="aipc.cli.devices:devices_command")
-    doctor = sub.add_parser("doctor", help="explain what is missing for each backend and device, and how to fix it")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check each device's chain (processor, driver, device node, runtime) and say how to fix what fails",
+        description="Check, link by link, whether the NPU, GPU and CPU paths can work here: the processor, the "
+        "kernel driver and its firmware, the device node and whether you may open it, Level Zero and the "
+        "compute runtime, OpenVINO and its plugins, the other backends and the compiled-model cache. Each "
+        "problem comes with its fix and the vendor's page. Exits 1 when the device asked for cannot work "
+        "(with no --device: when the CPU path cannot). AIPC_SYSROOT reads /proc, /sys, /dev, /etc and /lib "
+        "under another folder.",
+    )
+    doctor.add_argument(
+        "--device",
+        choices=("auto", "npu", "gpu", "cpu"),
+        default="auto",
+        help="the device that must work (default: auto: report all, fail only if the CPU path is broken)",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(handler="aipc.cli.devices:doctor_command")
 
     rm = sub.add_parser("rm", help="remove a stored model (every variant) or one NAME@VARIANT")
