@@ -385,6 +385,36 @@ def test_markdown_edge_cases_stay_readable(page):
     assert page.evaluate("(t) => window.aipcRender(t).querySelector('pre code').textContent", "```py\nx = 1") == "x = 1"
 
 
+FUZZ = """() => {
+  let seed = 42;
+  const pick = (n) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+  const parts = ["*", "**", "_", "~~", "`", "```", "[", "]", "(", ")", "<", ">", "!", "|", "#", "-", "+", "1.",
+    "\\n", "\\n\\n", " ", "\\t", "\\\\", "http://a.b/c", "javascript:", "word", "> ", "---", "|---|", ":", "  - "];
+  const texts = [];
+  for (let k = 0; k < 2000; k++) {
+    let s = "";
+    for (let i = pick(60); i > 0; i--) s += parts[pick(parts.length)];
+    texts.push(s);
+  }
+  // deep nesting and long unmatched runs: bounded depth, no runaway scans
+  texts.push("> ".repeat(20000), "*_".repeat(20000) + "x" + "_*".repeat(20000), "*a ".repeat(5000),
+    "[a](".repeat(5000), "[".repeat(10000), "  - a\\n".repeat(3000));
+  const bad = [];
+  for (const text of texts) {
+    const node = window.aipcRender(text);
+    const unsafe = node.querySelector("script, img, iframe, svg, .plain")
+      || [...node.querySelectorAll("a")].find((a) => !/^(https?:|mailto:)/.test(a.getAttribute("href")));
+    if (unsafe) bad.push(text);
+  }
+  return bad;
+}"""
+
+
+def test_the_renderer_survives_random_and_pathological_markdown(page):
+    # .plain is the renderer's fallback when it throws: it must not be needed, whatever the model writes.
+    assert page.evaluate(FUZZ) == []
+
+
 HOSTILE = [
     '<img src=x onerror="window.__pwned = 1">',
     "<script>window.__pwned = 2</script>",
