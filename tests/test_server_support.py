@@ -25,16 +25,16 @@ START_TIMEOUT_S = 120  # a subprocess imports OpenVINO and loads the model; slow
 
 
 class LiveServer:
-    """uvicorn in a thread, on 127.0.0.1 and a free port, serving `model` with `settings`."""
+    """uvicorn in a thread, on 127.0.0.1 and a free port (or `port`), serving `model` with `settings`."""
 
-    def __init__(self, settings: Any, model: Any = None, *, lifespan: str = "on") -> None:
+    def __init__(self, settings: Any, model: Any = None, *, lifespan: str = "on", port: int = 0) -> None:
         import uvicorn
 
         from aipc.server.app import create_app
         from aipc.server.runner import bind, url_of
 
         self.app, self.state = create_app(settings, model=model)
-        sock = bind("127.0.0.1", 0)
+        sock = bind("127.0.0.1", port)
         self.url = url_of(sock)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=10)
