@@ -18,7 +18,8 @@ from types import FrameType
 import uvicorn
 
 from aipc.errors import AipcError, UsageError
-from aipc.server.app import ServerState, create_app
+from aipc.server.app import create_app
+from aipc.server.core import ServerState
 from aipc.server.settings import ServerSettings
 
 # What is left after the drain timeout gets this long to end its streams before uvicorn cancels it.

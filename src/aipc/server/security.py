@@ -114,7 +114,7 @@ class Guard:
         except APIError as error:
             if cors:
                 error.headers.update(_cors_headers(origin))
-            return await send_error(send, error)
+            return await send_error(send, error, scope["path"])
         if cors:
             send = _with_cors(send, origin)
         await self.app(scope, _limited(receive, self.max_body_bytes), send)
