@@ -1,12 +1,14 @@
-"""The HTTP application: the routes every dialect shares (health, the chat page) and each dialect's adapter.
+"""The HTTP application: the routes every dialect shares (health, metrics, the chat page) and each dialect's
+adapter.
 
 A request goes: Guard (security.py) -> a dialect's adapter (dialects/) parses the body -> the core
 (core.py) prepares the prompt in a worker thread, waits for a generation slot (scheduler.py) while watching
 for the client to leave, and generates in the request's own thread (EventPump) -> the adapter shapes the
 events: JSON, or a stream as the tokens come.
 
-The HTTP server starts before the model is loaded: /health says 503 "loading" until it is, so a supervisor
-sees the process alive at once and ready later.
+The HTTP server starts before the default model is loaded: /health says 503 "loading" until it is, so a
+supervisor sees the process alive at once and ready later. Outermost, RequestLog (metrics.py) counts every
+request, rejected ones included, and logs one line per request with -v.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from aipc import __version__
 from aipc.server import errors
 from aipc.server.core import ServerState
 from aipc.server.dialects import register_all
 from aipc.server.errors import APIError
+from aipc.server.metrics import CONTENT_TYPE, RequestLog
 from aipc.server.security import Guard, allowed_host_names
 from aipc.server.settings import ServerSettings
 
@@ -35,14 +38,14 @@ log = logging.getLogger("aipc.server")
 
 
 def create_app(settings: ServerSettings, *, model: Any = None) -> tuple[Any, ServerState]:
-    """The ASGI app and its state. With `model`, serve that already opened model (the caller closes it);
-    otherwise load `settings.model` in the background once the server has started."""
+    """The ASGI app and its state. With `model`, serve that already opened model (the caller closes it) as the
+    default; otherwise preload `settings.model` in the background once the server has started. Either way,
+    requests may name any model this server can run (pool.py loads it on demand)."""
     state = ServerState(settings, model)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if state.model is None:
-            state.start_loading()
+        state.start_loading()
         yield
         await state.close()
 
@@ -55,7 +58,11 @@ def create_app(settings: ServerSettings, *, model: Any = None) -> tuple[Any, Ser
         status, body = state.health()
         return JSONResponse(body, status_code=status)
 
-    @app.get("/")
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def chat_page() -> HTMLResponse:
         if page is None:
             raise APIError(404, "the chat page is missing from this installation (aipc/server/static/index.html)")
@@ -72,7 +79,8 @@ def create_app(settings: ServerSettings, *, model: Any = None) -> tuple[Any, Ser
         api_key=settings.api_key,
         max_body_bytes=settings.max_body_bytes,
     )
-    return guarded, state
+    routes = frozenset(getattr(r, "path", "") for r in app.routes)
+    return RequestLog(guarded, state.metrics, routes, settings.verbose), state
 
 
 def _chat_page() -> tuple[str | None, str]:

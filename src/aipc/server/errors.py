@@ -66,7 +66,13 @@ def to_api_error(exc: BaseException, *, param: str | None = None) -> APIError:
     """The HTTP form of `exc`. `param` names the request field the error is about, when the caller knows it."""
     if isinstance(exc, APIError):
         return exc
+    from aipc.server.library import HubUnreachableError, StoreUnavailableError
+
     message = str(exc)
+    if isinstance(exc, StoreUnavailableError):
+        return APIError(403, message, type="permission_error", code="read_only")
+    if isinstance(exc, HubUnreachableError):
+        return APIError(502, message, type=SERVER_ERROR, code="hub_unreachable")
     if isinstance(exc, ContextLengthError):
         return APIError(400, message, param=param or "messages", code="context_length_exceeded")
     if isinstance(exc, ModelNotFoundError):

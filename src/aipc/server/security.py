@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from aipc.server.errors import APIError, send_error
 
 PUBLIC_PATHS = frozenset({"/health", "/"})  # no secrets: a status word, and a static page that asks for the key
-CORS_METHODS = "GET, POST, OPTIONS"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "authorization, content-type"
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from aipc import __version__
 from aipc.engine.events import Done, TextDelta
@@ -27,17 +28,21 @@ _FINISH_REASONS = ("stop", "length")
 def register(app: FastAPI, state: core.ServerState) -> None:
     """Add OpenAI's routes to `app`; their errors take OpenAI's shape."""
     errors.register(errors.OPENAI)
-    created = protocol.now()
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        state.check_ready()
-        return JSONResponse({"object": "list", "data": [protocol.model_card(state.name, created)]})
+        from aipc.server import library
+
+        models = await run_in_threadpool(library.runnable)
+        cards = [protocol.model_card(m.name, int(m.modified)) for m in models]
+        return JSONResponse({"object": "list", "data": cards})
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> JSONResponse:
-        lease = state.lease(model_id)
-        return JSONResponse(protocol.model_card(lease.name, created))
+        name = state.check_name(model_id)
+        if state.pool.find(name) is None:
+            await state.sources(name)
+        return JSONResponse(protocol.model_card(name, protocol.now()))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -53,16 +58,18 @@ def _param(name: str) -> str:
 
 
 async def _complete(state: core.ServerState, request: Request, *, chat: bool) -> Response:
-    state.check_ready()
+    state.check_serving()
     data = await core.read_json(request)
     body = protocol.parse(protocol.ChatRequest if chat else protocol.CompletionRequest, data)
     body.check_supported()
-    lease = state.lease(body.model)
     prepare = _chat_prepare(state, body) if chat else _text_prepare(body)
-    generation = await core.generate(state, request, lease, prepare, schema_param="response_format")
+    entry = await state.acquire(request, body.model)
+    if entry is None:
+        return core.gone()
+    generation = await core.generate(state, request, entry, prepare, schema_param="response_format")
     if generation is None:
         return core.gone()
-    shape = _Shape(lease.name, chat=chat, include_usage=body.include_usage)
+    shape = _Shape(entry.name, chat=chat, include_usage=body.include_usage)
     if body.stream:
         return core.StreamResponse(shape.stream(generation), generation.pump, "text/event-stream")
     events = await generation.collect(request)
@@ -85,8 +92,8 @@ def _chat_prepare(state: core.ServerState, body: protocol.ChatRequest) -> Any:
     asked = body.wanted_max_tokens()
     options = body.options(asked) | extra
 
-    def prepare(lease: core.Lease) -> core.Prepared:
-        return core.chat_prompt(lease, messages, options, asked=asked, param_of=_param)
+    def prepare(entry: core.Entry) -> core.Prepared:
+        return core.chat_prompt(entry, messages, options, asked=asked, param_of=_param)
 
     return prepare
 
@@ -95,8 +102,8 @@ def _text_prepare(body: protocol.CompletionRequest) -> Any:
     text = body.prompt_text()
     options = body.options(body.max_tokens)
 
-    def prepare(lease: core.Lease) -> core.Prepared:
-        return core.text_prompt(lease, text, options, asked=body.max_tokens, param_of=_param, echo=body.echo)
+    def prepare(entry: core.Entry) -> core.Prepared:
+        return core.text_prompt(entry, text, options, asked=body.max_tokens, param_of=_param, echo=body.echo)
 
     return prepare
 
