@@ -44,7 +44,7 @@ def test_list_shows_the_embedded_model_with_details(client):
     assert m.size > 50_000_000 and len(m.digest) == 64 and m.modified_at is not None
     assert m.details.format == "gguf" and m.details.family == "llama"
     assert m.details.quantization_level == "Q4_1" and m.details.parameter_size == "135M"
-    assert "phi3:mini" not in models  # hub-only catalog entries are not local: pull them first
+    assert "phi3:mini-128k" not in models  # hub-only catalog entries are not local: pull them first
 
 
 def test_show_gives_template_parameters_and_model_info(client):

@@ -119,7 +119,7 @@ def test_a_model_that_fails_to_load_fails_only_its_requests(two):
         ("../../etc/passwd", 400, "invalid model name"),
         ("/etc/passwd", 400, "--allow-paths"),
         ("src", 404, "does not exist on this server"),  # a folder in the working directory is not a model name
-        ("phi3:mini", 404, "pull it first"),  # hub-only: a chat never starts a download
+        ("phi3:mini-128k", 404, "pull it first"),  # hub-only: a chat never starts a download
         ("no-such-model", 404, "does not exist on this server"),
     ],
 )
