@@ -174,3 +174,29 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> float:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
     return time.monotonic() - start
+
+
+def stored_copy(name: str, source: str = "smollm2:135m") -> str:
+    """A second real model: the embedded model's file stored under another name (hard-linked, no space),
+    as `POST /api/copy` makes it. Its first load converts it to OpenVINO IR once for the test store."""
+    from aipc.server import library
+    from aipc.store import store
+
+    if not store.find(name):
+        library.copy(source, name)
+    return name
+
+
+def broken_model(name: str = "broken-ir") -> str:
+    """A stored OpenVINO IR variant whose files are not a model: its load fails inside OpenVINO."""
+    from aipc.store import store
+    from aipc.store.publish import staged
+
+    if not store.find(name):
+        with staged(store.variant_dir(name, "openvino-int4")) as tmp:
+            if tmp is not None:
+                (tmp / "openvino_model.xml").write_text("<net>this is not a model</net>\n")
+                (tmp / "openvino_model.bin").write_bytes(b"\0" * 64)
+                manifest = {"name": name, "variant": "openvino-int4", "format": "openvino-ir", "backend": "openvino"}
+                store.write_manifest(tmp, manifest | {"precision": "int4", "device_target": "cpu"})
+    return name

@@ -58,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_serve(sub) -> None:
     serve = sub.add_parser(
         "serve",
-        help="serve a model over an OpenAI-compatible HTTP API, with a chat page",
-        description="Serve MODEL (default: the embedded smollm2:135m) over an OpenAI-compatible API "
-        "(/v1/chat/completions, /v1/completions, /v1/models, /health) with a web chat page at /. "
-        "Listens on 127.0.0.1 unless told otherwise; any other address needs --api-key.",
+        help="serve models over OpenAI's and Ollama's HTTP APIs, with a chat page",
+        description="Serve models over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models) and "
+        "Ollama's (/api/chat, /api/generate, /api/tags, /api/ps...), with /health, /metrics and a web chat page "
+        "at /. MODEL (default: the embedded smollm2:135m) is loaded at start; requests may name any model, "
+        "loaded on demand. Listens on 127.0.0.1 unless told otherwise; any other address needs --api-key.",
     )
     serve.add_argument("model", nargs="?", metavar="MODEL", help="catalog name, .gguf file or OpenVINO IR folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -87,7 +88,26 @@ def _add_serve(sub) -> None:
         "--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM (default 30)"
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    serve.add_argument(
+        "--keep-alive", help="how long an idle model stays loaded: 5m, 1h, 30s, 0, -1 = forever (default: 5m)"
+    )
+    serve.add_argument("--max-loaded", type=int, default=2, help="models loaded at once (default 2)")
+    serve.add_argument("--max-memory", help="memory for loaded models, e.g. 8G (default: free memory less a margin)")
+    serve.add_argument("--read-only", action="store_true", help="refuse /api/pull, /api/delete and /api/copy")
+    serve.add_argument("--allow-paths", action="store_true", help="let requests name model files and folders")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text", help="request log lines (with -v)")
     serve.set_defaults(handler="aipc.cli.serve:command")
+    _add_server_client_commands(sub)
+
+
+def _add_server_client_commands(sub) -> None:
+    """ps and stop: ask a running `aipc serve` (at $AIPC_HOST) what it has loaded, and unload a model."""
+    ps = sub.add_parser("ps", help="list the models a running server has loaded")
+    ps.add_argument("--json", action="store_true", help="machine-readable output")
+    ps.set_defaults(handler="aipc.cli.client:ps_command")
+    stop = sub.add_parser("stop", help="unload a model from a running server")
+    stop.add_argument("model", metavar="MODEL")
+    stop.set_defaults(handler="aipc.cli.client:stop_command")
 
 
 def _add_model_commands(sub) -> None:
