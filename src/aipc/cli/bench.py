@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from aipc import progress
 from aipc.errors import UsageError
 
 
@@ -28,7 +28,9 @@ def configurations(
             label = source.precision or source.format
             if precisions and label not in precisions:
                 continue
-            ref = f"{source.name}@{source.variant}" if source.variant else (model or source.name)
+            # Each configuration names its own source (`smollm2:135m@embedded`, `...@gguf-q8_0`): a bare model
+            # name would let the worker load whichever variant ranks first, and measure it under this label.
+            ref = source.ref if source.variant else str(source.path)
             for backend in wanted:
                 if source.format not in registry.BACKENDS[backend][3]:
                     continue
@@ -46,18 +48,25 @@ def command(args: argparse.Namespace) -> int:
     configs = configurations(
         args.models or [None], _list(args.backends), _list(args.devices) or ["cpu"], _list(args.precisions)
     )
-    say = _progress_printer()
-    result = runner.run(
-        configs, lengths, gen_tokens=args.gen_tokens, repeats=args.repeats, warmup=args.warmup, progress=say
-    )
-    say(None)
+    with progress.step("benchmarking") as step:
+        result = runner.run(
+            configs,
+            lengths,
+            gen_tokens=args.gen_tokens,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=_counter(step),
+        )
     print(report.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote the results as JSON to {Path(args.json).resolve()}")
     if args.csv:
         report.write_csv(result, Path(args.csv))
+        print(f"wrote the results as CSV to {Path(args.csv).resolve()}")
     if args.plot:
         report.plot(result, Path(args.plot))
+        print(f"wrote the chart (next-token latency by input length) to {Path(args.plot).resolve()}")
     fastest = record.remember_fastest(result)
     for key, best in fastest.items():
         print(f"fastest for {key}: {best['config']} ({best['tokens_per_s']:.1f} tokens/s); auto will choose it")
@@ -78,13 +87,16 @@ def _ints(value: str, flag: str) -> list[int]:
     return numbers
 
 
-def _progress_printer():
-    tty = sys.stderr.isatty()
+def _counter(step):
+    """The runner's messages (`[3/12] config, 32-token prompt`) as the step's name and its count."""
+    import re
 
-    def say(message: str | None) -> None:
-        if not tty:
-            return
-        sys.stderr.write("\r\033[K" + (message or ""))
-        sys.stderr.flush()
+    def say(message: str) -> None:
+        found = re.match(r"\[(\d+)/(\d+)\] (.*)", message)
+        if found:
+            step.total = float(found.group(2))
+            progress.advance(step, float(found.group(1)) - step.done)
+            message = found.group(3)
+        step.name = message
 
     return say
