@@ -152,7 +152,7 @@ def print_stream(events: Iterator[Event], out: TextIO, *, wordwrap: bool = False
             close()  # stops the runtime if we left early
         if writer is not None:
             writer.flush()
-        if not last.endswith("\n"):
+        if last and not last.endswith("\n"):
             out.write("\n")
         out.flush()
     return done
@@ -183,12 +183,13 @@ def stats_line(done: Done, load_seconds: float | None = None) -> str:
 def what_ran(ref: str) -> str:
     """The variant, as users name it; the embedded model says so, with its quantization:
     `smollm2:135m@embedded (q4_1 GGUF)`."""
-    name, _, variant = ref.partition("@")
-    from aipc.store.resolve import EMBEDDED
+    from aipc.errors import AipcError
+    from aipc.store.resolve import EMBEDDED, resolve_all
 
-    if variant != EMBEDDED:
+    if ref.partition("@")[2] != EMBEDDED:
         return ref
-    from aipc.store import embedded
-
-    found = embedded.variants(name)
-    return f"{ref} ({found[0].precision} GGUF)" if found and found[0].precision else ref
+    try:
+        precision = resolve_all(ref)[0].precision
+    except (AipcError, IndexError):
+        return ref
+    return f"{ref} ({precision} GGUF)" if precision else ref

@@ -76,7 +76,7 @@ def parse(text: str, base_dir: Path | None = None) -> Modelfile:
         elif instruction == "system":
             mf.system = value
         elif instruction == "template":
-            mf.template = check_template(value, where)
+            mf.template = check_template(value, f"{where}: TEMPLATE")
         elif instruction == "license":
             mf.license = value
         elif instruction == "parameter":
@@ -183,7 +183,7 @@ def check_template(source: str, where: str = "TEMPLATE") -> str:
     """A Jinja2 chat template that compiles and renders a sample conversation in the sandbox; Go templates refused."""
     if _GO_TEMPLATE.search(source):
         raise UsageError(
-            f"{where}: TEMPLATE uses Go template syntax ({{{{ .Prompt }}}}, {{{{ range .Messages }}}}), which is "
+            f"{where} uses Go template syntax ({{{{ .Prompt }}}}, {{{{ range .Messages }}}}), which is "
             "Ollama's; aipc's templates are Jinja2 chat templates as Hugging Face models ship them: loop over "
             "messages ({% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}) and open the "
             "answer when add_generation_prompt is true"
@@ -196,7 +196,7 @@ def check_template(source: str, where: str = "TEMPLATE") -> str:
     except UsageError as exc:
         raise UsageError(f"{where}: {exc}") from None
     if "Hello" not in text:
-        raise UsageError(f"{where}: the template never writes the messages' content (m['content'])")
+        raise UsageError(f"{where} never writes the messages' content (m['content'])")
     return source
 
 
