@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from aipc import progress
+from aipc.cli.progress import messages_into
 from aipc.errors import UsageError
 
 
@@ -55,7 +56,7 @@ def command(args: argparse.Namespace) -> int:
             gen_tokens=args.gen_tokens,
             repeats=args.repeats,
             warmup=args.warmup,
-            progress=_counter(step),
+            progress=messages_into(step),
         )
     print(report.table(result))
     if args.json:
@@ -85,18 +86,3 @@ def _ints(value: str, flag: str) -> list[int]:
     if not numbers or any(n < 1 for n in numbers):
         raise UsageError(f"{flag} values must be positive token counts, got {value!r}")
     return numbers
-
-
-def _counter(step):
-    """The runner's messages (`[3/12] config, 32-token prompt`) as the step's name and its count."""
-    import re
-
-    def say(message: str) -> None:
-        found = re.match(r"\[(\d+)/(\d+)\] (.*)", message)
-        if found:
-            step.total = float(found.group(2))
-            progress.advance(step, float(found.group(1)) - step.done)
-            message = found.group(3)
-        step.name = message
-
-    return say

@@ -118,3 +118,28 @@ def _bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def messages_into(step: Step):
+    """A `say(message)` callback for code that reports progress as text (`[3/12] ov, 32-token prompt`, `scoring
+    window 3/12`): the message becomes the step's name and a count in it becomes the step's bar."""
+    import re
+
+    from aipc import progress
+
+    def say(message: str | None) -> None:
+        if not message:
+            return
+        found = re.match(r"\[(\d+)/(\d+)\] (.*)", message) or re.match(r"(.*?) ?(\d+)/(\d+)$", message)
+        if found and message.startswith("["):
+            done, total, message = float(found.group(1)), float(found.group(2)), found.group(3)
+        elif found:
+            done, total, message = float(found.group(2)), float(found.group(3)), found.group(1)
+        else:
+            step.name, step.total, step.done = message, None, 0.0
+            return
+        step.name = message
+        step.total = total
+        progress.advance(step, done - step.done)
+
+    return say
