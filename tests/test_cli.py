@@ -182,8 +182,7 @@ def run_in_terminal(
     return out.decode(errors="replace"), os.WEXITSTATUS(status)
 
 
-def _read_until(fd: int, pattern: str, timeout: float = 120.0) -> str:
-    buf = ""
+def _read_until(fd: int, pattern: str, timeout: float = 120.0, buf: str = "") -> str:
     deadline = time.monotonic() + timeout
     while pattern not in buf:
         remaining = deadline - time.monotonic()
@@ -302,9 +301,8 @@ def test_chat_commands_set_show_save_load_exit(tmp_path):
             before the prompt it was typed at is printed: only text after `expect` counts as the next prompt)."""
             os.write(fd, line.encode() + b"\r")
             buf = _read_until(fd, expect, timeout=90)
-            if ">>> " not in buf.split(expect, 1)[1]:
-                buf += _read_until(fd, ">>> ", timeout=90)
-            return buf
+            head, tail = buf.split(expect, 1)
+            return head + expect + _read_until(fd, ">>> ", timeout=90, buf=tail)
 
         say("/set parameter num_predict 3", "Set parameter 'num_predict' to '3'")
         say("/set parameter temperature hot", "Couldn't set parameter")

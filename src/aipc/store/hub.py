@@ -85,6 +85,17 @@ def _bar_for(step: progress.Step) -> type:
 
         def close(self) -> None: ...
 
+        # tqdm's thread_map shares a lock between its workers through these.
+        @classmethod
+        def get_lock(cls):
+            import threading
+
+            return threading.RLock()
+
+        @classmethod
+        def set_lock(cls, lock) -> None:
+            cls._lock = lock
+
         def __enter__(self):
             return self
 

@@ -201,12 +201,22 @@ def check(spec: str | None) -> None:
     """Raise at once, before any download or runtime import, when `spec` cannot name a model."""
     if spec is None:
         return
-    name = canonical_ref(spec).partition("@")[0]
-    if catalog.canonical(name) is not None or _created(name) is not None:
+    if _looks_like_path(spec) or Path(spec).expanduser().exists():
+        if not Path(spec).expanduser().exists():
+            resolve(spec)  # raises "no such file or folder"
         return
-    if _is_store_name(name) or Path(spec).expanduser().exists():
+    name, _, variant = canonical_ref(spec).partition("@")
+    entry = catalog.CATALOG.get(name)
+    if _created(name) is not None or (variant == EMBEDDED and entry is not None and entry.embedded is not None):
         return
-    resolve(spec)  # raises the right error: no such file, or an unknown name with suggestions
+    if variant:
+        from aipc.store import store
+
+        store.get(canonical_ref(spec))  # raises "no model 'x@v' in the store", listing what it has
+        return
+    if entry is not None or _is_store_name(name):
+        return
+    resolve(spec)  # raises: an unknown name, with suggestions
 
 
 # A model reference as users type one: `name`, `name:tag`, `name@variant`, `name:tag@variant`.
