@@ -269,3 +269,27 @@ def test_pull_from_a_copied_folder_imports_it(fresh, tmp_path, phi3_fixtures):
     assert ran.returncode == 0, ran.stderr
     bad = run_cli("pull", "phi4-mini", "--from", str(tmp_path), env=fresh)
     assert bad.returncode == 2 and "not an OpenVINO model folder" in bad.stderr
+
+
+def test_pull_on_a_terminal_reports_the_download_as_aipc_steps(fresh, phi3_fixtures):
+    """huggingface_hub's own bars are replaced by aipc's step (a bar on a terminal), kept as one line after."""
+    from aipc.convert.api import convert
+    from tests.hub_server import FakeHub
+    from tests.test_cli import run_in_terminal
+
+    exported = convert(str(phi3_fixtures["tiny"]), "openvino", "int4", name="fx-tiny")
+    with FakeHub({"OpenVINO/Phi-3.5-mini-instruct-int4-ov": exported.path}) as hub:
+        out, status = run_in_terminal(["pull", "phi3.5"], env={**fresh, "HF_ENDPOINT": hub.url})
+    assert status == 0, out
+    assert "✓ downloading OpenVINO/Phi-3.5-mini-instruct-int4-ov" in out
+    assert "Fetching" not in out and "it/s" not in out  # no tqdm bar of huggingface_hub's own
+
+
+def test_converter_output_is_hidden_unless_verbose(fresh):
+    quiet = run_cli("convert", "smollm2", "--to", "gguf", "--precision", "q4_0", env=fresh, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "llama_model_quantize" not in quiet.stderr and "smollm2:135m@gguf-q4_0" in quiet.stdout
+    run_cli("rm", "smollm2:135m@gguf-q4_0", env=fresh)
+    loud = run_cli("convert", "smollm2", "--to", "gguf", "--precision", "q4_0", "--verbose", env=fresh, timeout=600)
+    assert loud.returncode == 0, loud.stderr
+    assert "llama_model_quantize" in loud.stderr  # llama.cpp's own log, passed through

@@ -96,7 +96,7 @@ def list_command(args: argparse.Namespace) -> int:
         m = v.manifest
         name = v.name + (" (synthetic)" if v.synthetic else "")
         if v.variant == "alias":
-            rows.append((name, v.variant, f"from {m.get('from', '?')}", "", "", size_text(v.size_bytes), "", _when(m)))
+            rows.append((name, v.variant, f"from {m.get('from', '?')}", "", "", "-", "-", _when(m)))
             continue
         backend = m.get("backend") or "any"
         created = "embedded" if m.get("embedded") else _when(m)

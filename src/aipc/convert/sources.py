@@ -42,7 +42,7 @@ class Checkpoint:
 
 def prepare(source: str, *, allow_pickle: bool = False) -> Checkpoint:
     """A catalog name, hub id, Hugging Face folder or GGUF file, as a local checkpoint."""
-    entry = catalog.CATALOG.get(source)
+    entry = catalog.lookup(source)  # a catalog name or one of its aliases (phi3, smollm2)
     if entry is not None and entry.embedded is not None:
         from aipc.store.resolve import embedded_file
 
