@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -203,6 +204,7 @@ def _read_until(fd: int, pattern: str, timeout: float = 120.0, buf: str = "") ->
 def test_interactive_chat_in_a_terminal_ctrl_c_stops_answer_ctrl_d_leaves():
     pid, fd = pty.fork()
     if pid == 0:  # child: the CLI on a real terminal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test run started in the background inherits it ignored
         os.execv(sys.executable, [sys.executable, "-m", "aipc", "run", "smollm2:135m", "--max-tokens", "2000"])
     try:
         _read_until(fd, ">>> ")

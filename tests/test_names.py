@@ -102,9 +102,9 @@ def test_an_unknown_first_word_is_an_error_with_a_suggestion_not_a_prompt(word, 
     assert time.perf_counter() - started < 20  # before any model loads
 
 
-def test_a_catalog_model_that_is_not_stored_is_a_model_even_offline():
+def test_a_catalog_model_that_is_not_stored_is_a_model_even_offline(tmp_path):
     """`aipc run phi3` with the hub out of reach: the offline message, not an answer to the prompt 'phi3'."""
-    result = run_cli("run", "phi3", "hello")
+    result = run_cli("run", "phi3", "hello", env={"AIPC_HOME": str(tmp_path / "empty")})
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert "'phi3:mini' is not in the store" in line
