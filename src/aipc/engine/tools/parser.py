@@ -211,7 +211,8 @@ class ToolCallParser:
 
     @property
     def opened_at(self) -> int | None:
-        """Offset in the generated text (prefilled text excluded) where the open call's markup starts."""
+        """Offset in the generated text where the open call's markup starts (negative when it starts in the
+        prefilled text, which comes before the generated text)."""
         return self._call.at if self._call is not None else None
 
     @property
