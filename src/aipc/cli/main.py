@@ -7,6 +7,10 @@ import sys
 from collections.abc import Sequence
 
 DEVICE_CHOICES = "auto, cpu, gpu, gpu.N, npu, or a preference list such as npu,cpu"
+SPECULATE_HELP = (
+    "speculative decoding: auto (prompt lookup where measured to pay; default), off, lookup, or draft:MODEL "
+    "(a small model with the same tokenizer drafts)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, help="sample from the K most likely tokens (>= 0; 0 disables)")
     run.add_argument("--seed", type=int, help="random seed for reproducible sampling (>= 0)")
     run.add_argument("--system", help="system prompt")
+    run.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
     run.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     run.add_argument(
         "-v",
@@ -86,6 +91,7 @@ def _add_serve(sub) -> None:
     serve.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM (default 30)"
     )
+    serve.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
     serve.set_defaults(handler="aipc.cli.serve:command")
 
@@ -134,6 +140,9 @@ def _add_model_commands(sub) -> None:
     bench.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     bench.add_argument("--repeats", type=int, default=3, help="measured runs per configuration (default 3)")
     bench.add_argument("--warmup", type=int, default=1, help="discarded runs first (default 1)")
+    bench.add_argument(
+        "--speculate", default="off", help="comma-separated speculate settings to compare, e.g. off,auto (default: off)"
+    )
     bench.add_argument("--json", metavar="FILE")
     bench.add_argument("--csv", metavar="FILE")
     bench.add_argument("--plot", metavar="FILE.png", help="next-token latency by input length (needs matplotlib)")

@@ -22,7 +22,7 @@ def command(args: argparse.Namespace) -> int:
     # Validate every option before the (slow) load, so mistakes answer at once.
     options = generation_options(args)
     GenerationConfig().updated(**options)
-    LoadConfig(backend=args.backend, device=args.device)
+    LoadConfig(backend=args.backend, device=args.device, speculate=args.speculate)
 
     interactive = prompt is None and (args.interactive or sys.stdin.isatty())
     if prompt is None and not interactive:
@@ -35,7 +35,7 @@ def command(args: argparse.Namespace) -> int:
     import aipc
 
     with _status(f"loading {model_name or 'the default model'}…"):
-        model = aipc.load(model_name, backend=args.backend, device=args.device)
+        model = aipc.load(model_name, backend=args.backend, device=args.device, speculate=args.speculate)
     with model:
         if interactive:
             from aipc.cli.chat import ChatSession
@@ -83,6 +83,8 @@ def stats_line(done: Done, load_seconds: float | None = None) -> str:
         f"next-token {t.next_token_s * 1000:.1f} ms",
         f"{t.tokens_per_s:.1f} tokens/s",
         f"{done.usage.completion_tokens} tokens generated ({done.finish_reason})",
+        f"drafted {done.drafted}, accepted {done.accepted}"
+        + (f" ({done.accepted / done.drafted:.0%})" if done.drafted else ""),
         f"{done.backend}/{done.device}",
     ]
     return " | ".join(parts)

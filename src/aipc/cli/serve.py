@@ -25,6 +25,7 @@ def command(args: argparse.Namespace) -> int:
         context_length=args.context_length,
         drain_timeout=args.drain_timeout,
         verbose=args.verbose,
+        speculate=args.speculate,
     )
     settings.check()  # unsafe or impossible settings fail here, before fastapi or the runtime are imported
     from aipc.server.runner import serve

@@ -154,6 +154,8 @@ class Model:
             device=info.device,
             token_ids=finished.token_ids,
             model=info.ref or info.name,
+            drafted=finished.drafted,
+            accepted=finished.accepted,
         )
 
     def _route_off_npu(self, exc: ContextLengthError) -> Backend:

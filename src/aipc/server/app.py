@@ -73,7 +73,9 @@ class ServerState:
 
             s = self.settings
             try:
-                model = aipc.load(s.model, backend=s.backend, device=s.device, parallel=s.parallel)
+                model = aipc.load(
+                    s.model, backend=s.backend, device=s.device, parallel=s.parallel, speculate=s.speculate
+                )
             except BaseException as exc:
                 outcome: tuple[Callable[[Any], None], Any] = (self._failed, exc)
             else:

@@ -31,13 +31,14 @@ class ServerSettings:
     context_length: int | None = None  # prompt + completion tokens; None: what the model's files say, if anything
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
     verbose: bool = False
+    speculate: str = "auto"
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with one line (exit code 2), before the slow model load."""
         from aipc.engine.config import LoadConfig
         from aipc.server.security import is_loopback, normalize_origin
 
-        LoadConfig(backend=self.backend, device=self.device, parallel=max(self.parallel, 1))
+        LoadConfig(backend=self.backend, device=self.device, parallel=max(self.parallel, 1), speculate=self.speculate)
         if not is_loopback(self.host) and not self.api_key:
             raise UsageError(
                 f"refusing to listen on {self.host} without an API key: anyone who can reach it could use the "
