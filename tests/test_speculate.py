@@ -181,3 +181,16 @@ def test_cli_refuses_a_bad_speculate_setting_before_loading(command):
     result = run_cli(*args, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "speculate must be auto, off, lookup or draft:MODEL" in result.stderr
+
+
+def test_seeded_sampling_is_planned_from_the_prompt_alone():
+    """The same seed and prompt must take the same path whatever was measured before (same text every time)."""
+    governor = Governor(pads_misses=True)
+    short = [7, 8, 9]
+    governor.record("short", short, [*short, *short, *short] * 10)  # measured: lookup pays on short prompts
+    assert governor.plan(short)[1] > 0
+    assert governor.plan(short, seeded=True) == ("short", 0)
+    stepper = governor.stepper(list(range(100, 300)), seeded=True)
+    for token in range(5000, 5040):  # nothing to look up: a free-running stepper would stop drafting
+        stepper.push(token)
+    assert stepper.width() == speculate.PRIOR_WIDTH

@@ -133,7 +133,8 @@ class LlamaCppModel:
         generated = 0
         produced: list[int] = []
         reason = "length"
-        stepper = self._drafter.start(ids) if self._drafter is not None else None
+        seeded = config.seed is not None and not config.greedy
+        stepper = self._drafter.start(ids, seeded) if self._drafter is not None else None
         tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
         try:
             for token in tokens:

@@ -80,10 +80,10 @@ class Drafter(LlamaDraftModel):
             self._draft_model.close()
             self._draft_model = None
 
-    def start(self, prompt: Sequence[int]) -> speculate.Stepper:
+    def start(self, prompt: Sequence[int], seeded: bool = False) -> speculate.Stepper:
         """A new generation: its own stepper; the first step after the prompt's prefill is not timed."""
         if self.mode.mode == "auto":
-            self.stepper = self.governor.stepper(prompt)
+            self.stepper = self.governor.stepper(prompt, seeded=seeded)
         else:
             self.stepper = speculate.Stepper(self.governor, "fixed", prompt, speculate.DEFAULT_WIDTH, fixed=True)
         self._last = None

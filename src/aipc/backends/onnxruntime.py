@@ -122,7 +122,7 @@ class OnnxRuntimeModel:
         ids = np.asarray(list(prompt), dtype=np.int32)
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
-        kind, speculative = self._speculation(ids)
+        kind, speculative = self._speculation(ids, seeded=config.seed is not None and not config.greedy)
         generator, reused = self._generator_for(list(ids), config, speculative)
         key, self._cached = self._cached[0], None  # unknown until this generation completes
         before = generator.get_speculative_stats() if speculative is not None else None
@@ -157,7 +157,7 @@ class OnnxRuntimeModel:
         counts = self._settle(kind, ids, produced, times, before, generator)
         yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
 
-    def _speculation(self, ids) -> tuple[str, dict | None]:
+    def _speculation(self, ids, seeded: bool = False) -> tuple[str, dict | None]:
         """(kind of request, the speculative options for it, or None for plain decoding)."""
         from aipc.backends.onnxruntime_speculate import lookup_options
 
@@ -167,7 +167,7 @@ class OnnxRuntimeModel:
             return "", {"max_draft_tokens": speculate.DEFAULT_WIDTH}
         if self._governor is None:
             return "", None
-        kind, width = self._governor.plan([int(t) for t in ids])
+        kind, width = self._governor.plan([int(t) for t in ids], seeded=seeded)
         return kind, (lookup_options(width) if width else None)
 
     def _settle(self, kind, ids, produced, times, before, generator) -> speculate.Counts:

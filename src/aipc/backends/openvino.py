@@ -237,7 +237,8 @@ class OpenVINOModel:
                 if spec is None:
                     result = self._pipe.generate(inputs, gc, on_text)
                 else:
-                    result = spec.generate(self._pipe, self._tok, prompt, inputs, gc, on_text)
+                    seeded = config.seed is not None and not config.greedy
+                    result = spec.generate(self._pipe, self._tok, prompt, inputs, gc, on_text, seeded)
             except RuntimeError as exc:
                 raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
             end = _now()

@@ -106,7 +106,7 @@ class Speculator:
         """Drop the prompt-lookup pipeline (and its prefix cache); it reopens when next needed."""
         self._lookup_pipe = None
 
-    def generate(self, pipe, tokenizer, prompt: Sequence[int], inputs, gc, on_text):
+    def generate(self, pipe, tokenizer, prompt: Sequence[int], inputs, gc, on_text, seeded: bool = False):
         """The pipeline's result for this request, speculating as the mode and the governor say."""
         mode = self.spec.mode
         if mode == "draft":
@@ -124,7 +124,7 @@ class Speculator:
             result, streamer = self._lookup(pipe, tokenizer, inputs, gc, on_text, width)
             self._pending = lambda: lookup_counts(prompt, result.tokens[0], streamer.steps, width)
             return result
-        kind, width = self.governor.plan(prompt)
+        kind, width = self.governor.plan(prompt, seeded=seeded)
         if width == 0:
             timed = TimedText(on_text)
             result = pipe.generate(inputs, gc, timed)

@@ -264,13 +264,16 @@ class Governor:
         text, a document); short: a question, an instruction, a chat's next turn."""
         return "long" if len(prompt) - self._shared(prompt) >= LONG_PROMPT else "short"
 
-    def plan(self, prompt: Sequence[int]) -> tuple[str, int]:
+    def plan(self, prompt: Sequence[int], *, seeded: bool = False) -> tuple[str, int]:
         """(kind, width) for a request decided per request: width 0 means plain decoding.
 
         A prompt that continues the previous one by LONG_PROMPT tokens or more (a chat's next turn) keeps the
         previous request's choice: the runtime's KV cache of that history lives with it, and switching would
-        prefill the whole history again."""
+        prefill the whole history again. Seeded sampling is planned from the prompt alone (its kind), so that
+        the same seed and prompt always take the same path and give the same text."""
         kind = self.kind(prompt)
+        if seeded:
+            return kind, PRIOR_WIDTH if kind == "long" else 0
         with self._lock:
             if self._previous and self._shared(prompt) >= LONG_PROMPT:
                 return kind, self._last_width
@@ -298,10 +301,11 @@ class Governor:
             if runs and kind in self._history:
                 self._history[kind].extend(runs)
 
-    def stepper(self, prompt: Sequence[int]) -> Stepper:
-        """The per-step rule for one generation (runtimes that ask before every step)."""
-        kind, width = self.plan(prompt)
-        return Stepper(self, kind, prompt, width)
+    def stepper(self, prompt: Sequence[int], *, seeded: bool = False) -> Stepper:
+        """The per-step rule for one generation (runtimes that ask before every step); seeded sampling keeps the
+        width planned from its prompt for the whole generation (see `plan`)."""
+        kind, width = self.plan(prompt, seeded=seeded)
+        return Stepper(self, kind, prompt, width, fixed=seeded)
 
 
 class Stepper:
