@@ -87,6 +87,7 @@ class Drafter(LlamaDraftModel):
         else:
             self.stepper = speculate.Stepper(self.governor, "fixed", prompt, speculate.DEFAULT_WIDTH, fixed=True)
         self._last = None
+        self.llm.checking = False  # a draft asked for as the last generation stopped was never checked
         return self.stepper
 
     def __call__(self, input_ids: np.ndarray, /, **kwargs) -> np.ndarray:
