@@ -49,9 +49,18 @@ def npu_emulation_enabled() -> bool:
     return os.environ.get(EMULATE_NPU_ENV, "").lower() in ("1", "true", "yes", "on")
 
 
-def pipeline_properties(config: LoadConfig, device: DeviceInfo) -> dict[str, object]:
-    """The `LLMPipeline` properties aipc uses on `device` (the benchmark reuses them for its raw baseline)."""
-    props: dict[str, object] = {"CACHE_DIR": str(Path(config.cache_dir or paths.cache_dir("openvino")))}
+def pipeline_properties(config: LoadConfig, device: DeviceInfo, ir: Path | None = None) -> dict[str, object]:
+    """The `LLMPipeline` properties aipc uses on `device` (the benchmark reuses them for its raw baseline).
+
+    Compiled blobs go to a folder of their own per IR (`aipc.store.caches.compiled_dir`), so `aipc list` can
+    attribute them to their model and `aipc rm` / `aipc prune` can remove them."""
+    from aipc.store import caches
+
+    if config.cache_dir:
+        cache = Path(config.cache_dir)
+    else:
+        cache = caches.compiled_dir(ir) if ir is not None else paths.cache_dir("openvino")
+    props: dict[str, object] = {"CACHE_DIR": str(cache)}
     if device.name.startswith("npu"):
         props |= {
             "MAX_PROMPT_LEN": config.npu_max_prompt_len,
@@ -135,7 +144,7 @@ class OpenVINOModel:
         self._load_config = config
 
     def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
-        props = pipeline_properties(config, device)
+        props = pipeline_properties(config, device, path)
         extra = {}
         if self._speculator is not None:
             from aipc.backends.openvino_speculate import pipeline_kwargs
@@ -156,7 +165,7 @@ class OpenVINOModel:
         refuse_on(spec, device)
 
         def open_lookup():
-            props = pipeline_properties(config, device)
+            props = pipeline_properties(config, device, self._ir)
             return ov_genai.LLMPipeline(str(self._ir), device.runtime_name, prompt_lookup=True, **props)
 
         return Speculator(spec, open_lookup)

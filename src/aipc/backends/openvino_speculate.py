@@ -57,7 +57,7 @@ def pipeline_kwargs(spec: speculate.Speculation, device: DeviceInfo, props: dict
     if spec.mode == "lookup":
         return {"prompt_lookup": True}
     if spec.mode == "draft":
-        return {"draft_model": _draft(spec.draft, device, props, ov_genai.Tokenizer(str(ir)))}
+        return {"draft_model": _draft(spec.draft, device, props, ir)}
     return {}
 
 
@@ -72,13 +72,17 @@ def refuse_on(spec: speculate.Speculation, device: DeviceInfo) -> None:
         )
 
 
-def _draft(name: str, device: DeviceInfo, props: dict[str, Any], tokenizer):
+def _draft(name: str, device: DeviceInfo, props: dict[str, Any], ir):
     from aipc.backends.openvino import ir_path
+    from aipc.store import caches
 
+    tokenizer = ov_genai.Tokenizer(str(ir))
     source = speculate.draft_source(name, ("openvino-ir", "gguf"))
     path = ir_path(source, device)
     draft_tok = ov_genai.Tokenizer(str(path))
     speculate.check_same_tokenizer(name, _tokenizer_side(tokenizer), _tokenizer_side(draft_tok))
+    if props.get("CACHE_DIR") == str(caches.compiled_dir(ir)):  # the draft's blobs go with the draft's IR
+        props = {**props, "CACHE_DIR": str(caches.compiled_dir(path))}
     return ov_genai.draft_model(str(path), device.runtime_name, **props)
 
 
