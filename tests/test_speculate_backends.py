@@ -223,3 +223,32 @@ def test_a_draft_model_runs_on_the_npu_pipeline(monkeypatch):
         assert model.info.device.startswith("npu")
         *_, done = model.stream(COPY, temperature=0, max_tokens=24)
     assert done.drafted > 0 and done.accepted > 0  # the model drafting for itself: its drafts are accepted
+
+
+def test_the_server_speculates_as_told_and_counts_drafts_in_metrics():
+    """`aipc serve --speculate lookup` drafts for the models its pool loads; /metrics counts drafted and accepted
+    tokens per model, as a Prometheus client parses them."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_server_support import ServerProcess
+
+    def counted(url: str) -> dict[str, tuple[str, float]]:
+        text = httpx.get(url + "/metrics", timeout=30).text
+        return {
+            s.name: (s.labels["model"], s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("aipc_speculative_")
+        }
+
+    with ServerProcess("--backend", "llamacpp", "--speculate", "lookup") as srv:
+        body = {"model": "smollm2:135m", "messages": [{"role": "user", "content": COPY}], **GREEDY}
+        reply = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=300)
+        assert reply.status_code == 200, reply.text
+        found = counted(srv.url)
+    (model, drafted), (_, accepted) = (
+        found["aipc_speculative_drafted_tokens_total"],
+        found["aipc_speculative_accepted_tokens_total"],
+    )
+    assert "smollm2" in model and 0 < accepted <= drafted, found
