@@ -16,6 +16,7 @@ from time import perf_counter as _now
 import llama_cpp
 import numpy as np
 
+from aipc.backends import speculate
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
@@ -43,14 +44,23 @@ class LlamaCppBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> LlamaCppModel:
-        return LlamaCppModel(source, device)
+        return LlamaCppModel(source, device, config)
 
 
 class LlamaCppModel:
-    def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
+    def __init__(self, source: ModelSource, device: DeviceInfo, config: LoadConfig | None = None) -> None:
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
         self._gpu_layers = -1 if device.name == "gpu" else 0
-        self._llm = self._open(path, device)
+        self._drafter = None
+        spec = speculate.parse(config.speculate if config else "off")
+        if spec.active:
+            from aipc.backends.llamacpp_speculate import Drafter, SpeculativeLlama
+
+            self._drafter = Drafter(spec, self._gpu_layers, DEFAULT_CONTEXT)
+            self._llm = self._open(path, device, SpeculativeLlama, draft_model=self._drafter)
+            self._drafter.attach(self._llm)
+        else:
+            self._llm = self._open(path, device)
         trained = int(self._llm.metadata.get(f"{self._llm.metadata.get('general.architecture')}.context_length", 0))
         self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         vocab = self._llm._model.vocab
@@ -78,14 +88,15 @@ class LlamaCppModel:
         )
 
     @staticmethod
-    def _open(path: Path, device: DeviceInfo) -> llama_cpp.Llama:
+    def _open(path: Path, device: DeviceInfo, cls=llama_cpp.Llama, **extra) -> llama_cpp.Llama:
         try:
-            return llama_cpp.Llama(
+            return cls(
                 str(path),
                 n_ctx=DEFAULT_CONTEXT,
                 n_threads=os.cpu_count(),
                 n_gpu_layers=-1 if device.name == "gpu" else 0,
                 verbose=False,
+                **extra,
             )
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"llama.cpp could not load {path.name}: {exc}") from None
@@ -122,11 +133,15 @@ class LlamaCppModel:
         generated = 0
         produced: list[int] = []
         reason = "length"
+        seeded = config.seed is not None and not config.greedy
+        stepper = self._drafter.start(ids, seeded) if self._drafter is not None else None
         tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
         try:
             for token in tokens:
                 generated += 1
                 produced.append(token)
+                if stepper is not None:
+                    stepper.push(token)
                 if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
                     reason = "stop"
                     break
@@ -142,7 +157,12 @@ class LlamaCppModel:
                     break
         finally:
             tokens.close()
-        yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
+        end = _now()
+        counts = speculate.Counts()
+        if stepper is not None:
+            stepper.finish()
+            counts = stepper.counts
+        yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
 
     def scorer(self) -> LlamaCppScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same
@@ -154,6 +174,9 @@ class LlamaCppModel:
         self._llm.reset()
 
     def close(self) -> None:
+        if self._drafter is not None:
+            self._drafter.close()
+            self._drafter = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None

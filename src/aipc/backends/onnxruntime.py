@@ -11,6 +11,7 @@ from time import perf_counter as _now
 import numpy as np
 import onnxruntime_genai as og
 
+from aipc.backends import speculate
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
@@ -42,15 +43,24 @@ class OnnxRuntimeBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> OnnxRuntimeModel:
-        return OnnxRuntimeModel(source, device)
+        return OnnxRuntimeModel(source, device, config)
 
 
 class OnnxRuntimeModel:
-    def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
+    def __init__(self, source: ModelSource, device: DeviceInfo, config: LoadConfig | None = None) -> None:
         genai = json.loads((source.path / "genai_config.json").read_text())
         self._context = int(genai["model"].get("context_length") or genai["search"].get("max_length") or 4096)
+        self._spec = speculate.parse(config.speculate if config else "off")
+        self._governor = speculate.Governor(pads_misses=False) if self._spec.mode == "auto" else None
+        folder = source.path
+        if self._spec.mode == "draft":
+            from aipc.backends.onnxruntime_speculate import check_draft, composite_folder
+
+            self._draft = speculate.draft_source(self._spec.draft, ("onnx-genai",))
+            check_draft(source, None, self._draft, self._spec.draft)  # vocabulary sizes, before the runtime
+            folder = composite_folder(source, self._draft)
         try:
-            cfg = og.Config(str(source.path))
+            cfg = og.Config(str(folder))
             cfg.clear_providers()
             if device.runtime_name != "cpu":
                 cfg.append_provider(device.runtime_name)
@@ -58,6 +68,10 @@ class OnnxRuntimeModel:
         except RuntimeError as exc:
             raise UsageError(f"ONNX Runtime GenAI could not load {source.name} on {device.name}: {exc}") from None
         self._tok = og.Tokenizer(self._model)
+        if self._spec.mode == "draft":
+            from aipc.backends.onnxruntime_speculate import check_draft
+
+            check_draft(source, self._tok, self._draft, self._spec.draft)
         self._generator: og.Generator | None = None
         self._special_ids: dict[int, str] | None = None
         self._cached: tuple[tuple, list[int]] | None = None  # (search options, token ids in the KV cache)
@@ -108,12 +122,15 @@ class OnnxRuntimeModel:
         ids = np.asarray(list(prompt), dtype=np.int32)
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
-        generator, reused = self._generator_for(list(ids), config)
+        kind, speculative = self._speculation(ids, seeded=config.seed is not None and not config.greedy)
+        generator, reused = self._generator_for(list(ids), config, speculative)
         key, self._cached = self._cached[0], None  # unknown until this generation completes
+        before = generator.get_speculative_stats() if speculative is not None else None
         generator.append_tokens(ids[reused:])
         stream = self._tok.create_stream()
         generated = 0
         produced: list[int] = []
+        times: list[float] = []
         reason = "length"
         while not generator.is_done():
             if cancel.is_set():
@@ -121,6 +138,7 @@ class OnnxRuntimeModel:
                 break
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
+            times.append(_now())
             generated += 1
             produced.append(token)
             if token in self._stop_ids and not config.ignore_eos:
@@ -128,16 +146,48 @@ class OnnxRuntimeModel:
                 break
             text = stream.decode(token)
             if text:
-                yield TextDelta(text, _now())
+                yield TextDelta(text, times[-1])
             if generated >= max_tokens:
                 break
         else:
             reason = "stop" if generated < max_tokens else "length"
+        end = _now()
         # What the generator's KV cache now holds: the next turn of a chat shares this prefix.
         self._cached = (key, [int(t) for t in ids] + produced)
-        yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
+        counts = self._settle(kind, ids, produced, times, before, generator)
+        yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
 
-    def _generator_for(self, ids: list[int], config: GenerationConfig) -> tuple[og.Generator, int]:
+    def _speculation(self, ids, seeded: bool = False) -> tuple[str, dict | None]:
+        """(kind of request, the speculative options for it, or None for plain decoding)."""
+        from aipc.backends.onnxruntime_speculate import lookup_options
+
+        if self._spec.mode == "lookup":
+            return "", lookup_options(speculate.DEFAULT_WIDTH)
+        if self._spec.mode == "draft":
+            return "", {"max_draft_tokens": speculate.DEFAULT_WIDTH}
+        if self._governor is None:
+            return "", None
+        kind, width = self._governor.plan([int(t) for t in ids], seeded=seeded)
+        return kind, (lookup_options(width) if width else None)
+
+    def _settle(self, kind, ids, produced, times, before, generator) -> speculate.Counts:
+        """What was drafted and accepted; for auto, what the governor learns from this generation."""
+        from aipc.backends.onnxruntime_speculate import Costs
+
+        counts = speculate.Counts()
+        costs = Costs(self._governor) if self._governor is not None else None
+        if before is not None:
+            after = generator.get_speculative_stats()
+            counts = (costs or Costs(speculate.Governor(pads_misses=False))).speculative(before, after)
+        elif costs is not None:
+            costs.plain(times)
+        if self._governor is not None:
+            self._governor.record(kind, [int(t) for t in ids], produced)
+        return counts
+
+    def _generator_for(
+        self, ids: list[int], config: GenerationConfig, speculative: dict | None = None
+    ) -> tuple[og.Generator, int]:
         """A generator and how many leading prompt tokens it already holds in its KV cache.
 
         The last generator is kept; a prompt that starts with what it holds (a chat's next turn) rewinds it to the
@@ -156,7 +206,7 @@ class OnnxRuntimeModel:
                 options["top_k"] = config.top_k
             if config.seed is not None:
                 options["random_seed"] = config.seed
-        key = tuple(sorted(options.items()))
+        key = (tuple(sorted(options.items())), tuple(sorted((speculative or {}).items())))
         if self._cached and self._cached[0] == key and config.seed is None:
             held = self._cached[1]
             shared = 0
@@ -169,6 +219,8 @@ class OnnxRuntimeModel:
                 return self._generator, shared
         params = og.GeneratorParams(self._model)
         params.set_search_options(**options)
+        if speculative is not None:
+            params.set_speculative_options(**speculative)
         self._generator = og.Generator(self._model, params)
         self._cached = (key, [])
         return self._generator, 0

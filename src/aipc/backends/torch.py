@@ -42,6 +42,14 @@ class TorchBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> TorchModel:
+        from aipc.backends import speculate
+
+        if speculate.parse(config.speculate).mode in ("lookup", "draft"):  # auto: plain decoding
+            raise speculate.refuse(
+                "the torch backend",
+                config.speculate,
+                "it is the reference the other backends are checked against, so it decodes one token at a time",
+            )
         return TorchModel(source, device)
 
 

@@ -31,6 +31,9 @@ class LoadConfig:
     # Generations the opened model runs at once. Above 1, backends that can batch (OpenVINO on CPU/GPU:
     # continuous batching) open a batching pipeline; others run one generation at a time.
     parallel: int = 1
+    # Speculative decoding: "auto" (prompt lookup where measurement says it pays), "off", "lookup" (always), or
+    # "draft:MODEL" (a small draft model with the same tokenizer). See aipc.backends.speculate.
+    speculate: str = "auto"
 
     def __post_init__(self) -> None:
         device = self.device.lower().replace(" ", "")
@@ -47,6 +50,7 @@ class LoadConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
+        _check_speculate(self.speculate)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,15 @@ class GenerationConfig:
                 f"unknown generation option(s) {', '.join(unknown)}: valid options are {', '.join(sorted(known))}"
             )
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_speculate(value: Any) -> None:
+    ok = isinstance(value, str) and (
+        value.strip().lower() in ("auto", "off", "lookup")
+        or (value.strip().startswith("draft:") and value.strip()[len("draft:") :].strip() != "")
+    )
+    if not ok:
+        raise InvalidConfigError(f"speculate must be auto, off, lookup or draft:MODEL, got {value!r}")
 
 
 def _check_json_schema(value: Any) -> None:

@@ -48,6 +48,9 @@ class Done:
     device: str
     token_ids: tuple[int, ...] = ()  # the generated ids (end-of-turn token included), for parity and eval
     model: str = ""  # what ran: `name@variant` for a stored variant, else the model's name
+    # Speculative decoding: draft tokens the model checked, and how many it accepted (0, 0 without speculation).
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class Finished:
     completion_tokens: int
     t: float
     token_ids: tuple[int, ...] = ()
+    drafted: int = 0
+    accepted: int = 0
 
 
 Event = TextDelta | Done

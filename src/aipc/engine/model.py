@@ -176,6 +176,8 @@ class Model:
             device=info.device,
             token_ids=finished.token_ids,
             model=info.ref or info.name,
+            drafted=finished.drafted,
+            accepted=finished.accepted,
         )
 
     def _capped(self, ids: list[int], config: GenerationConfig) -> tuple[list[int], GenerationConfig]:
