@@ -26,6 +26,7 @@ from aipc.backends.base import (
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
+from aipc.engine.logprobs import logprobs_from_logits
 from aipc.errors import UsageError
 from aipc.store.resolve import ModelSource
 
@@ -47,6 +48,9 @@ class LlamaCppBackend:
 
 
 class LlamaCppModel:
+    # Log-probs come from the context's logits as each token is sampled (see `generate`).
+    reports_logprobs = True
+
     def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
         self._gpu_layers = -1 if device.name == "gpu" else 0
@@ -99,6 +103,10 @@ class LlamaCppModel:
     def detokenize(self, ids) -> str:
         return self._decode_special([int(i) for i in ids])
 
+    def token_bytes(self, ident: int) -> bytes:
+        """A token's own bytes (byte-level tokens may hold part of a UTF-8 character)."""
+        return self._llm.detokenize([int(ident)], special=True)
+
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
@@ -122,7 +130,19 @@ class LlamaCppModel:
         generated = 0
         produced: list[int] = []
         reason = "length"
-        tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
+        if config.logit_bias:
+            sampling["logits_processor"] = llama_cpp.LogitsProcessorList([_bias(config.logit_bias)])
+        tokens = self._llm.generate(
+            ids,
+            repeat_penalty=config.repetition_penalty,
+            # llama.cpp subtracts them from the logits, counting the last 64 generated tokens (last_n_tokens_size)
+            presence_penalty=config.presence_penalty,
+            frequency_penalty=config.frequency_penalty,
+            reset=True,
+            **sampling,
+        )
+        k = config.logprobs
+        n_vocab = self._llm.n_vocab()
         try:
             for token in tokens:
                 generated += 1
@@ -130,11 +150,15 @@ class LlamaCppModel:
                 if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
                     reason = "stop"
                     break
+                logprob = ()
+                if k is not None:  # the logits this token was sampled from: the context's last row, before eval
+                    raw = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+                    logprob = (logprobs_from_logits(np.ctypeslib.as_array(raw, shape=(n_vocab,)), token, k),)
                 # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across
                 # tokens (llama-cpp-python's tokenizer ignores prev_tokens, so none are kept).
                 text = decoder.decode(self._llm.detokenize([token]))
-                if text:
-                    yield TextDelta(text, _now())
+                if text or logprob:
+                    yield TextDelta(text, _now(), logprob)
                 if cancel.is_set():
                     reason = "cancelled"
                     break
@@ -157,6 +181,20 @@ class LlamaCppModel:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+def _bias(bias: tuple[tuple[int, float], ...]):
+    """logit_bias as llama-cpp-python's logits processor: its first sampler stage, whose logits are in id
+    order."""
+    ids = np.asarray([i for i, _ in bias], dtype=np.int64)
+    values = np.asarray([b for _, b in bias], dtype=np.float32)
+
+    def apply(input_ids, scores):
+        keep = ids < scores.shape[0]
+        scores[ids[keep]] += values[keep]
+        return scores
+
+    return apply
 
 
 class LlamaCppScorer:

@@ -22,6 +22,7 @@ from aipc.backends.base import (
     ModelInfo,
     end_of_turn_ids,
     folder_special_tokens,
+    refuse_options,
     stream_from_callback,
     vocab_special_tokens,
 )
@@ -182,6 +183,11 @@ class OpenVINOModel:
         gc.ignore_eos = cfg.ignore_eos
         gc.eos_token_id = self._tok.get_eos_token_id()
         gc.repetition_penalty = cfg.repetition_penalty
+        refuse_options(cfg, "openvino", penalties=True, logit_bias=False)
+        # OpenVINO moves a penalised logit toward zero (subtracting when it is >= 0, adding when negative), where
+        # OpenAI, llama.cpp and aipc's ONNX Runtime path always subtract: the same for the likely tokens.
+        gc.presence_penalty = cfg.presence_penalty
+        gc.frequency_penalty = cfg.frequency_penalty
         if not cfg.greedy:
             gc.do_sample = True
             gc.temperature = cfg.temperature

@@ -22,6 +22,7 @@ from aipc.backends.base import (
     fit_to_context,
     folder_chat_template,
     markup_tokens,
+    refuse_options,
     refuse_unsupported,
     stream_from_callback,
 )
@@ -97,6 +98,7 @@ class TorchModel:
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
         refuse_unsupported(config, "torch")
+        refuse_options(config, "torch", penalties=False, logit_bias=False)
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
