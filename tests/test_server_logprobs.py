@@ -170,6 +170,7 @@ def test_streamed_completion_logprobs(http):
         ({"prompt": "x", "logprobs": 6}, "logprobs"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": [1, -2]}, "prompt"),
+        ({"prompt": [1, 2_000_000_000]}, "prompt"),
         ({"prompt": []}, "prompt"),
     ],
 )
@@ -202,6 +203,7 @@ def test_tokenizer_routes_tokenize_as_the_served_model(http, model):
         ("/tokenize", {"prompt": "x", "extra": 1}, "extra"),
         ("/detokenize", {"tokens": ["a"]}, "tokens"),
         ("/detokenize", {"tokens": [True]}, "tokens"),
+        ("/detokenize", {"tokens": [5, 2_000_000_000]}, "tokens"),
     ],
 )
 def test_tokenizer_routes_refuse_bad_bodies(http, path, body, param):

@@ -67,6 +67,7 @@ class LlamaCppModel:
             for i in range(self._llm.n_vocab())
             if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
         )
+        self.vocab_size = self._llm.n_vocab()
         self.info = ModelInfo(
             name=source.name,
             backend="llamacpp",

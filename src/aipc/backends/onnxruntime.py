@@ -69,6 +69,7 @@ class OnnxRuntimeModel:
         self._stop_ids = set(eos if isinstance(eos, list) else [eos]) | end_of_turn_ids(
             self.tokenize, lambda ids: self._tok.decode(ids)
         )
+        self.vocab_size = int(genai["model"].get("vocab_size") or 0) or None
         bos_id = genai["model"].get("bos_token_id")
         self.info = ModelInfo(
             name=source.name,

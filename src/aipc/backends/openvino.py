@@ -118,6 +118,7 @@ class OpenVINOModel:
             raise UsageError(f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}") from None
         self._tok = self._pipe.get_tokenizer()
         self._stop_ids = self._end_of_turn_ids()
+        self.vocab_size = len(self._tok.get_vocab()) or None
         context = model_context_length(source, path)
         if is_npu:
             context = config.npu_max_prompt_len + config.npu_min_response_len

@@ -69,6 +69,7 @@ class TorchModel:
         self._model.eval()
         self._device = device.runtime_name
         self._context = int(getattr(self._model.config, "max_position_embeddings", 4096) or 4096)
+        self.vocab_size = getattr(self._model.config, "vocab_size", None)
         eos = self._model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._stop_ids = eos_ids | end_of_turn_ids(

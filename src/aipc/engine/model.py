@@ -106,7 +106,7 @@ class Model:
             config = self.defaults.updated(**options)
             if isinstance(prompt, str):
                 return self._run(lambda backend: backend.tokenize(prompt), config)
-            ids = [int(i) for i in prompt]
+            ids = self.check_ids(prompt)
             return self._run(lambda backend: ids, config)
         if not isinstance(prompt, str):
             raise UsageError("a prompt of token ids needs raw=True (the chat template takes text)")
@@ -259,6 +259,17 @@ class Model:
         if len(ids) < 2:
             return [None] * len(ids)
         return prompt_logprobs(self._score(self._backend, ids), ids, top)
+
+    def check_ids(self, ids: Sequence[int]) -> list[int]:
+        """Token ids from outside (an API's prompt of ids) checked against the vocabulary before any runtime sees
+        them: an id a runtime does not have can crash it rather than fail."""
+        size = getattr(self._backend, "vocab_size", None)
+        out = [int(i) for i in ids]
+        bad = [i for i in out if i < 0 or (size is not None and i >= size)]
+        if bad:
+            limit = f"0 to {size - 1}" if size is not None else "integers >= 0"
+            raise UsageError(f"token id {bad[0]} is not in this model's vocabulary ({limit})")
+        return out
 
     def token_text(self, ident: int) -> str:
         """One token's text, control tokens as their strings (kept: clients ask for the same tokens often)."""

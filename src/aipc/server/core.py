@@ -254,11 +254,11 @@ def text_prompt(
     if isinstance(text, str):
         prompt = entry.model.tokenize(text)
     else:
-        prompt = list(text)
         try:
-            text = entry.model.detokenize(prompt) if echo else ""
-        except Exception:  # runtimes disagree on how they fail for ids outside the vocabulary
-            raise APIError(400, "the prompt holds token ids this model does not have", param=what) from None
+            prompt = entry.model.check_ids(text)
+        except AipcError as exc:
+            raise to_api_error(exc, param=what) from None
+        text = entry.model.detokenize(prompt) if echo else ""
     options = dict(options)
     options["max_tokens"] = fit(entry, len(prompt), asked, config.max_tokens, what, context_length, fill)
     return Prepared(prompt, options, echo=text if echo else "")

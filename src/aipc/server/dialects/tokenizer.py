@@ -86,11 +86,9 @@ def register(app: FastAPI, state: core.ServerState) -> None:
 
         def run(entry: core.Entry) -> dict[str, Any]:
             try:
-                return {"prompt": entry.model.detokenize(tokens)}
+                return {"prompt": entry.model.detokenize(entry.model.check_ids(tokens))}
             except AipcError as exc:
                 raise to_api_error(exc, param="tokens") from None
-            except Exception:  # runtimes disagree on how they fail for ids outside the vocabulary
-                raise APIError(400, "tokens holds ids this model does not have", param="tokens") from None
 
         return await _with_model(state, request, body.get("model"), run)
 
