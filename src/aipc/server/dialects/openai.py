@@ -138,6 +138,16 @@ def _seeded(options: dict[str, Any], i: int) -> dict[str, Any]:
     return options
 
 
+def _base_seed(options: dict[str, Any], n: int) -> dict[str, Any]:
+    """n > 1 without a seed: a random one, so the choices differ even on runtimes whose unseeded sampling
+    repeats itself (OpenVINO's default seed is fixed)."""
+    if n > 1 and options.get("seed") is None:
+        import random
+
+        return options | {"seed": random.randrange(2**31 - 1024)}
+    return options
+
+
 def _chat_jobs(state: core.ServerState, body: protocol.ChatRequest) -> list[Any]:
     if len(body.messages) > state.settings.max_messages:
         raise APIError(
@@ -150,7 +160,7 @@ def _chat_jobs(state: core.ServerState, body: protocol.ChatRequest) -> list[Any]
     if body.response_format is not None and (schema := body.response_format.schema_text()) is not None:
         extra["json_schema"] = schema
     asked = body.wanted_max_tokens()
-    options = body.options(asked) | extra
+    options = _base_seed(body.options(asked) | extra, body.n)
 
     def job(i: int) -> Any:
         def prepare(entry: core.Entry) -> core.Prepared:
@@ -162,7 +172,7 @@ def _chat_jobs(state: core.ServerState, body: protocol.ChatRequest) -> list[Any]
 
 
 def _text_jobs(body: protocol.CompletionRequest) -> list[Any]:
-    options = body.options(body.max_tokens)
+    options = _base_seed(body.options(body.max_tokens), body.n)
     score_only = body.max_tokens == 0
     top = body.logprobs
 
