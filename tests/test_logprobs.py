@@ -46,13 +46,13 @@ def test_generated_logprobs_agree_with_the_eval_scorer(backend, phi3_fixtures, r
     hint = {"precision_hint": "f32"} if backend == "openvino" else {}  # fp32 decoding, as the scorer computes
     with aipc.load(spec, backend=backend, device="cpu", **hint) as model:
         prompt = model.tokenize(PROMPT)
-        events = list(model.stream(prompt, raw=True, temperature=0, max_tokens=24, logprobs=5, ignore_eos=True))
+        events = list(model.stream(prompt, raw=True, temperature=0, max_tokens=24, logprobs=5))
         deltas = [e for e in events if isinstance(e, TextDelta)]
         done = events[-1]
         assert isinstance(done, Done)
         tokens = [t for d in deltas for t in d.tokens]
         ids = list(done.token_ids)
-        assert [t.id for t in tokens] == ids[: len(tokens)] and len(tokens) >= len(ids) - 1
+        assert [t.id for t in tokens] == ids[: len(tokens)] and len(tokens) >= max(len(ids) - 1, 3)
         assert "".join(d.text for d in deltas) == model.detokenize([t.id for t in tokens]) or backend == "torch"
         rows = model.scorer().next_token_logprobs(prompt + ids)
     worst = 0.0
@@ -154,6 +154,7 @@ def test_frequency_penalty_breaks_a_greedy_loop(backend, phi3_fixtures, request)
     top_plain = np.bincount(plain).max()
     top_pen = np.bincount(pen).max()
     print(f"{backend}: most repeated token {top_plain}x plain, {top_pen}x with frequency_penalty 2")
+    assert top_plain >= 3, "the prompt should make greedy decoding repeat itself"
     assert top_pen < top_plain
 
 

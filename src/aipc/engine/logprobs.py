@@ -56,9 +56,9 @@ def scored_after(
 ) -> Iterator[TextDelta | Finished]:
     """A backend's stream with log-probs added once it has finished: the generated ids are scored after the
     prompt in one teacher-forced pass, and the answer is re-split into one delta per token (tokens that end
-    inside a multi-byte character join the next). Each delta keeps the time its text was first produced, so
-    timings stay the runtime's. Text the runtime streamed that no token accounts for (never expected) is passed
-    on without log-probs."""
+    inside a multi-byte character join the next; control tokens the runtime did not stream are left out). Each
+    delta keeps the time its text was first produced, so timings stay the runtime's. Text the runtime streamed
+    that no token accounts for (never expected) is passed on without log-probs."""
     deltas: list[TextDelta] = []
     finished = None
     try:
@@ -88,7 +88,7 @@ def scored_after(
     sent = 0
     for piece, group in _pieces(ids, detokenize):
         if not piece or not text.startswith(piece, sent):
-            break  # an end-of-turn token, whose string the runtime does not stream
+            continue  # a control token (end of turn) whose string the runtime does not stream
         sent += len(piece)
         yield TextDelta(piece, _time_at(ends, sent, finished.t), tuple(tokens[i] for i in group))
     if sent < len(text):
