@@ -62,6 +62,7 @@ class Drafter(LlamaDraftModel):
             self._draft_model = DraftLlama(path, n_ctx, gpu_layers)
         self.llm: SpeculativeLlama | None = None
         self.stepper: speculate.Stepper | None = None
+        self.paused = False
         self._last: tuple[float, int] | None = None  # (when the previous step was asked for, tokens it checked)
 
     def attach(self, llm: SpeculativeLlama) -> None:
@@ -80,8 +81,10 @@ class Drafter(LlamaDraftModel):
             self._draft_model.close()
             self._draft_model = None
 
-    def start(self, prompt: Sequence[int], seeded: bool = False) -> speculate.Stepper:
-        """A new generation: its own stepper; the first step after the prompt's prefill is not timed."""
+    def start(self, prompt: Sequence[int], seeded: bool = False, paused: bool = False) -> speculate.Stepper:
+        """A new generation: its own stepper; the first step after the prompt's prefill is not timed. A paused
+        generation drafts nothing (one token per step, as without a drafter)."""
+        self.paused = paused
         if self.mode.mode == "auto":
             self.stepper = self.governor.stepper(prompt, seeded=seeded)
         else:
@@ -91,6 +94,10 @@ class Drafter(LlamaDraftModel):
         return self.stepper
 
     def __call__(self, input_ids: np.ndarray, /, **kwargs) -> np.ndarray:
+        if self.paused:
+            self.llm.checking = False
+            self._last = None
+            return np.asarray([], dtype=np.intc)
         now = _now()
         if self._last is not None:
             self.governor.costs.observe(self._last[1], now - self._last[0])

@@ -23,6 +23,7 @@ from aipc.backends.base import (
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
+from aipc.engine.logprobs import logprobs_from_logits
 from aipc.errors import ContextLengthError, GenerationError, UsageError
 from aipc.store.resolve import ModelSource
 
@@ -47,6 +48,9 @@ class OnnxRuntimeBackend:
 
 
 class OnnxRuntimeModel:
+    # Log-probs come from the generator's logits at each step (see `generate`).
+    reports_logprobs = True
+
     def __init__(self, source: ModelSource, device: DeviceInfo, config: LoadConfig | None = None) -> None:
         genai = json.loads((source.path / "genai_config.json").read_text())
         self._context = int(genai["model"].get("context_length") or genai["search"].get("max_length") or 4096)
@@ -79,6 +83,7 @@ class OnnxRuntimeModel:
         self._stop_ids = set(eos if isinstance(eos, list) else [eos]) | end_of_turn_ids(
             self.tokenize, lambda ids: self._tok.decode(ids)
         )
+        self.vocab_size = int(genai["model"].get("vocab_size") or 0) or None
         bos_id = genai["model"].get("bos_token_id")
         self.info = ModelInfo(
             name=source.name,
@@ -132,10 +137,18 @@ class OnnxRuntimeModel:
         produced: list[int] = []
         times: list[float] = []
         reason = "length"
+        k = config.logprobs
+        shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias)
+        bias = _bias_arrays(config.logit_bias)
         while not generator.is_done():
             if cancel.is_set():
                 reason = "cancelled"
                 break
+            logits = None
+            if k is not None or shaping:  # the logits the next token is chosen from
+                logits = np.array(generator.get_logits(), dtype=np.float32).reshape(-1)
+            if shaping:  # OpenAI's penalties and logit_bias, applied to those logits before the search
+                generator.set_logits(_shaped(logits, produced, config, bias)[None, :])
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             times.append(_now())
@@ -144,9 +157,10 @@ class OnnxRuntimeModel:
             if token in self._stop_ids and not config.ignore_eos:
                 reason = "stop"
                 break
+            logprob = (logprobs_from_logits(logits, token, k),) if k is not None else ()
             text = stream.decode(token)
-            if text:
-                yield TextDelta(text, times[-1])
+            if text or logprob:
+                yield TextDelta(text, times[-1], logprob)
             if generated >= max_tokens:
                 break
         else:
@@ -237,6 +251,23 @@ class OnnxRuntimeModel:
     def close(self) -> None:
         self._generator = None
         self._model = None
+
+
+def _bias_arrays(bias: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray([i for i, _ in bias], dtype=np.int64), np.asarray([b for _, b in bias], dtype=np.float32)
+
+
+def _shaped(logits: np.ndarray, produced: list[int], config: GenerationConfig, bias) -> np.ndarray:
+    """logit[t] - frequency * count(t) - presence * (count(t) > 0) + logit_bias[t], counting generated tokens."""
+    out = logits.copy()
+    if produced and (config.presence_penalty or config.frequency_penalty):
+        ids, counts = np.unique(np.asarray(produced, dtype=np.int64), return_counts=True)
+        out[ids] -= config.frequency_penalty * counts + config.presence_penalty
+    ids, values = bias
+    if len(ids):
+        keep = ids < out.shape[0]
+        out[ids[keep]] += values[keep]
+    return out
 
 
 class OnnxRuntimeScorer:

@@ -22,6 +22,7 @@ from aipc.backends.base import (
     ModelInfo,
     end_of_turn_ids,
     folder_special_tokens,
+    refuse_options,
     stream_from_callback,
     vocab_special_tokens,
 )
@@ -122,6 +123,7 @@ class OpenVINOModel:
             raise UsageError(f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}") from None
         self._tok = self._pipe.get_tokenizer()
         self._stop_ids = self._end_of_turn_ids()
+        self.vocab_size = len(self._tok.get_vocab()) or None
         context = model_context_length(source, path)
         if is_npu:
             context = config.npu_max_prompt_len + config.npu_min_response_len
@@ -211,6 +213,11 @@ class OpenVINOModel:
         gc.ignore_eos = cfg.ignore_eos
         gc.eos_token_id = self._tok.get_eos_token_id()
         gc.repetition_penalty = cfg.repetition_penalty
+        refuse_options(cfg, "openvino", penalties=True, logit_bias=False)
+        # OpenVINO moves a penalised logit toward zero (subtracting when it is >= 0, adding when negative), where
+        # OpenAI, llama.cpp and aipc's ONNX Runtime path always subtract: the same for the likely tokens.
+        gc.presence_penalty = cfg.presence_penalty
+        gc.frequency_penalty = cfg.frequency_penalty
         if not cfg.greedy:
             gc.do_sample = True
             gc.temperature = cfg.temperature

@@ -10,11 +10,23 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token with its log-probability (natural log, the model's own distribution before any sampling
+    option), and the `top` most likely tokens at its position as (id, logprob), most likely first."""
+
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
-    """A piece of answer text, stamped with `time.perf_counter()` when the runtime produced it."""
+    """A piece of answer text, stamped with `time.perf_counter()` when the runtime produced it. `tokens`: the
+    tokens whose text this is, with their log-probs, when the request asked for them (`logprobs`)."""
 
     text: str
     t: float
+    tokens: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
