@@ -127,7 +127,9 @@ class OnnxRuntimeModel:
         ids = np.asarray(list(prompt), dtype=np.int32)
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
-        kind, speculative = self._speculation(ids, seeded=config.seed is not None and not config.greedy)
+        k = config.logprobs
+        shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias)
+        kind, speculative = self._speculation(ids, config.seed is not None and not config.greedy, k is not None or shaping)
         generator, reused = self._generator_for(list(ids), config, speculative)
         key, self._cached = self._cached[0], None  # unknown until this generation completes
         before = generator.get_speculative_stats() if speculative is not None else None
@@ -137,8 +139,6 @@ class OnnxRuntimeModel:
         produced: list[int] = []
         times: list[float] = []
         reason = "length"
-        k = config.logprobs
-        shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias)
         bias = _bias_arrays(config.logit_bias)
         while not generator.is_done():
             if cancel.is_set():
@@ -171,9 +171,13 @@ class OnnxRuntimeModel:
         counts = self._settle(kind, ids, produced, times, before, generator)
         yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
 
-    def _speculation(self, ids, seeded: bool = False) -> tuple[str, dict | None]:
-        """(kind of request, the speculative options for it, or None for plain decoding)."""
+    def _speculation(self, ids, seeded: bool = False, reads_logits: bool = False) -> tuple[str, dict | None]:
+        """(kind of request, the speculative options for it, or None for plain decoding). A request that reads or
+        shapes the logits between steps decodes one token per step: prompt lookup would check several at once."""
         from aipc.backends.onnxruntime_speculate import lookup_options
+
+        if reads_logits and self._spec.mode != "draft":
+            return "", None
 
         if self._spec.mode == "lookup":
             return "", lookup_options(speculate.DEFAULT_WIDTH)
