@@ -129,7 +129,8 @@ class OnnxRuntimeModel:
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         k = config.logprobs
         shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias)
-        kind, speculative = self._speculation(ids, config.seed is not None and not config.greedy, k is not None or shaping)
+        seeded = config.seed is not None and not config.greedy
+        kind, speculative = self._speculation(ids, seeded, k is not None or shaping)
         generator, reused = self._generator_for(list(ids), config, speculative)
         key, self._cached = self._cached[0], None  # unknown until this generation completes
         before = generator.get_speculative_stats() if speculative is not None else None
