@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,24 @@ def _cache_folder(kind: str, gguf: Path) -> Path:
     return paths.home() / "cache" / kind / f"{gguf.stem}-{key}"
 
 
+def _made_from(tmp: Path, gguf: Path) -> None:
+    """Record the file a reference was made from (`aipc-cache.json`), so the store can attribute and prune it."""
+    (tmp / "aipc-cache.json").write_text(json.dumps({"source": str(gguf.resolve())}) + "\n")
+
+
+def _check_room(gguf: Path, folder: Path) -> None:
+    """Refuse, before writing, a dequantized copy the disk cannot hold: 4 bytes per weight (15 GB for 3.8B)."""
+    import shutil
+
+    from aipc.store.gguf_header import tensor_infos
+
+    need = 4 * sum(math.prod(t.shape) for t in tensor_infos(gguf))
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if need * 1.1 > free:
+        raise UsageError(f"its f32 copy needs {need / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB free")
+
+
 def _f32_gguf(gguf: Path) -> Path:
     """llama.cpp's requantization of `gguf` to F32, once."""
     from aipc.convert.targets import quantize_gguf
@@ -87,6 +106,8 @@ def _f32_gguf(gguf: Path) -> Path:
     target = _cache_folder("gguf-f32", gguf)
     with staged(target) as tmp:
         if tmp is not None:
+            _check_room(gguf, tmp)
+            _made_from(tmp, gguf)
             quantize_gguf(gguf, tmp / "model-f32.gguf", "f32", tmp / "quantize.log")
             (tmp / "quantize.log").unlink(missing_ok=True)
     return target / "model-f32.gguf"
@@ -103,7 +124,9 @@ def _dequantized_checkpoint(gguf: Path) -> Path:
     target = _cache_folder("gguf-hf", gguf)
     with staged(target) as tmp:
         if tmp is not None:
+            _check_room(gguf, tmp)
             gguf_to_hf(gguf, tmp)
+            _made_from(tmp, gguf)
     return target
 
 
