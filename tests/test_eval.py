@@ -192,6 +192,11 @@ def test_the_f32_reference_is_made_once_and_kept():
     made = Path(first.spec).stat().st_mtime_ns
     assert dequantized(resolve(None).path) == first
     assert Path(first.spec).stat().st_mtime_ns == made
+    # The store counts it as the embedded model's cache, so `aipc rm` / `aipc prune` can free its 540 MB.
+    from aipc.store import caches
+
+    [ref] = [c for c in caches.scan() if c.path == Path(first.spec).parent]
+    assert ref.kind == "eval-ref" and ref.owner == "smollm2:135m@embedded" and not ref.unused
 
 
 def test_without_a_reference_to_find_perplexity_alone_says_why(phi3_fixtures):
