@@ -13,7 +13,7 @@ runs as one compressed matmul. F16, Q4_0 and Q8_0 come out exact. Three types do
 zero point become f32 (z = -m/d), so s*(q - z) is llama.cpp's dequantization to f32 rounding. The CPU plugin
 keeps scales and zero points in f32 itself, so this costs no memory; but its int8 dynamic-quantization kernel
 takes only integer zero points, so Q4_1/Q4_K matmuls run on its bf16 decompression kernel instead.
-`fuse_shared_inputs` wins most of that back: matmuls that read the same input (q/k/v, gate/up) become one.
+Measured on the embedded Q4_1 model: 0.80-0.84x the reader's decode speed, even with `fuse_shared_inputs`.
 
 Each repaired tensor is found by its integers (a digest per row; the reader reorders the rows of q and k), and
 checked: the same integers and, within f16 rounding, the same scales as the reader stored, for every row. A
