@@ -372,8 +372,10 @@ def ir_path(source: ModelSource, device: DeviceInfo) -> Path:
     loads faster, and the NPU compiles only mended IR."""
     if source.format != "gguf":
         return source.path
+    from aipc.convert.gguf_exact import check_readable
     from aipc.convert.gguf_openvino import ir_for_gguf
 
+    check_readable(source.path)  # a type the reader cannot read exactly: refused here, so `load` falls back
     return ir_for_gguf(source.path, "npu" if device.name.startswith("npu") else "compressed")
 
 

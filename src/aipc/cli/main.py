@@ -350,13 +350,14 @@ def _add_eval(sub) -> None:
         description="Score MODEL (default: the embedded smollm2:135m) on a text, teacher-forced in overlapping "
         "windows: its perplexity and, against a reference model with the same tokenizer, the mean "
         "KL(reference || model) of the next-token distributions and how often both rank the same token first. "
-        "The reference defaults to the fp32 PyTorch form of the Hugging Face folder a stored variant was "
-        "converted from.",
+        "The reference defaults to the model's own weights at full precision: the Hugging Face folder a stored "
+        "variant was converted from (PyTorch fp32), or the GGUF file it is or was made from, dequantized to f32 "
+        "(llama.cpp, made once and kept in the store); with none, perplexity alone.",
     )
     ev.add_argument("model", nargs="?", metavar="MODEL", help="a model name, NAME@VARIANT, or a model path")
     ev.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default: the shipped Jargon File excerpt)")
     ev.add_argument(
-        "--reference", metavar="MODEL", help="the model to compare with, or 'none' (default: the variant's source)"
+        "--reference", metavar="MODEL", help="the model to compare with, or 'none' (default: its own weights at f32)"
     )
     ev.add_argument("--reference-backend", default="auto", help="the backend that runs --reference (default: auto)")
     ev.add_argument("--max-tokens", type=int, default=4096, help="tokens scored, from the text's start (default 4096)")
