@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aipc.errors import AipcError, UsageError
+from aipc.units import size_text
 
 DEFAULT_HOST = "http://127.0.0.1:11435"
 _FOREVER_YEARS = 100  # an expiry further away than this means "kept loaded"
@@ -94,7 +95,7 @@ def ps_command(args: argparse.Namespace) -> int:
     for m in models:
         where = f"{m.get('backend', '')}/{m.get('device', '')}" if m.get("backend") else "-"
         context = str(m.get("context_length") or "-")
-        rows.append((m["name"], m.get("variant") or "-", where, _size(m.get("size") or 0), context, _until(m)))
+        rows.append((m["name"], m.get("variant") or "-", where, size_text(m.get("size") or 0), context, _until(m)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -128,11 +129,3 @@ def stop_command(args: argparse.Namespace) -> int:
         raise ServerError(f"model {args.model!r} is not loaded (loaded: {have})")
     call("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
     return 0
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"

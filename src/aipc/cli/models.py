@@ -8,6 +8,7 @@ import json
 
 from aipc.errors import UsageError
 from aipc.store import catalog, store
+from aipc.units import size_text
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -209,11 +210,3 @@ def _summary(v: store.Variant) -> dict:
         "from": m.get("from"),
         "path": str(v.path),
     }
-
-
-def size_text(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"

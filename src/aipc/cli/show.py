@@ -97,7 +97,7 @@ def _first_lines(text: str, n: int = 2, width: int = 100) -> list[str]:
 
 
 def _variant_lines(v: store.Variant) -> list[str]:
-    from aipc.cli.models import size_text
+    from aipc.units import size_text
     from aipc.store import caches
 
     m = v.manifest

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from aipc.doctor.check import OK, WARN, Check
+from aipc.units import size_text
 
 AREA = "cache"
 LOW_SPACE = 2 << 30  # a Phi-3-mini NPU blob alone is over a gigabyte
@@ -30,7 +31,9 @@ def checks() -> list[Check]:
     if not _writable(folder):
         return [_unwritable(name, folder)]
     free = shutil.disk_usage(folder).free
-    out = [Check(AREA, name, OK, f"{folder}: {_size(size)} in {len(files)} files, writable, {_size(free)} free")]
+    out = [
+        Check(AREA, name, OK, f"{folder}: {size_text(size)} in {len(files)} files, writable, {size_text(free)} free")
+    ]
     empty = [p for p in files if p.stat().st_size == 0]
     if empty:
         out.append(
@@ -43,7 +46,9 @@ def checks() -> list[Check]:
             )
         )
     if free < LOW_SPACE:
-        out.append(Check(AREA, "cache disk space", WARN, f"only {_size(free)} free", "free space, or move AIPC_HOME"))
+        out.append(
+            Check(AREA, "cache disk space", WARN, f"only {size_text(free)} free", "free space, or move AIPC_HOME")
+        )
     return out
 
 
@@ -64,11 +69,3 @@ def _unwritable(name: str, folder: Path) -> Check:
         f"{folder} is not writable: every load compiles the model again (slow, above all on the NPU)",
         f"make it writable (sudo chown -R $USER {folder}), or point AIPC_HOME at a writable folder",
     )
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"

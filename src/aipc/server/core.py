@@ -282,7 +282,7 @@ def fit(
         raise APIError(
             400,
             f"This model's maximum prompt length on {info.device} is {limit} tokens. However, your {what} "
-            f"resulted in {n_prompt} tokens. Pentry reduce the length of the {what}.",
+            f"resulted in {n_prompt} tokens. Please reduce the length of the {what}.",
             param=what,
             code="context_length_exceeded",
         )
@@ -305,7 +305,7 @@ def fit(
             400,
             f"This model's maximum context length is {context} tokens. However, you requested "
             f"{n_prompt + wanted} tokens ({n_prompt} in the {what}, {wanted} in the completion). "
-            f"Pentry reduce the length of the {what} or completion.",
+            f"Please reduce the length of the {what} or completion.",
             param=what,
             code="context_length_exceeded",
         )
