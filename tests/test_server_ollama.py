@@ -131,7 +131,11 @@ def test_format_json_schema_constrains_the_answer(client):
         ({"model": "llama-70b", "messages": PARIS}, 404, "does not exist on this server"),
         ({"messages": PARIS}, 400, "model is required"),
         ({"model": "../../etc/passwd", "messages": PARIS}, 400, "invalid model name"),
-        ({"model": MODEL, "messages": PARIS, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        (
+            {"model": MODEL, "messages": PARIS, "tools": [{"type": "retrieval"}]},
+            400,
+            "tools[0].type must be 'function'",
+        ),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, 400, "images"),
         ({"model": MODEL, "messages": PARIS, "options": {"temperature": "hot"}}, 400, "options.temperature"),
         ({"model": MODEL, "messages": PARIS, "options": {"mirostat": 2}}, 400, "mirostat"),

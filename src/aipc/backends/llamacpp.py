@@ -22,11 +22,10 @@ from aipc.backends.base import (
     end_of_turn_ids,
     fit_to_context,
     markup_tokens,
-    refuse_unsupported,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
-from aipc.errors import UsageError
+from aipc.errors import GenerationError, UsageError
 from aipc.store.resolve import ModelSource
 
 DEFAULT_CONTEXT = 4096
@@ -63,6 +62,7 @@ class LlamaCppModel:
             for i in range(self._llm.n_vocab())
             if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
         )
+        self.structured_output = True  # GBNF grammars from JSON Schema
         self.info = ModelInfo(
             name=source.name,
             backend="llamacpp",
@@ -102,7 +102,7 @@ class LlamaCppModel:
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        refuse_unsupported(config, "llamacpp")
+        grammar = self._grammar(config.json_schema) if config.json_schema is not None else None
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
@@ -122,7 +122,9 @@ class LlamaCppModel:
         generated = 0
         produced: list[int] = []
         reason = "length"
-        tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
+        tokens = self._llm.generate(
+            ids, repeat_penalty=config.repetition_penalty, reset=True, grammar=grammar, **sampling
+        )
         try:
             for token in tokens:
                 generated += 1
@@ -143,6 +145,15 @@ class LlamaCppModel:
         finally:
             tokens.close()
         yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
+
+    @staticmethod
+    def _grammar(schema: str) -> llama_cpp.LlamaGrammar:
+        """llama.cpp's GBNF grammar for a JSON Schema (llama-cpp-python's converter), made per request: its
+        sampler state is consumed by the generation."""
+        try:
+            return llama_cpp.LlamaGrammar.from_json_schema(schema, verbose=False)
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise GenerationError(f"llama.cpp cannot use this JSON schema: {exc}") from None
 
     def scorer(self) -> LlamaCppScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same

@@ -18,7 +18,6 @@ from aipc.backends.base import (
     fit_to_context,
     folder_chat_template,
     folder_special_tokens,
-    refuse_unsupported,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
@@ -58,6 +57,7 @@ class OnnxRuntimeModel:
         except RuntimeError as exc:
             raise UsageError(f"ONNX Runtime GenAI could not load {source.name} on {device.name}: {exc}") from None
         self._tok = og.Tokenizer(self._model)
+        self.structured_output = True  # llguidance, through GeneratorParams.set_guidance
         self._generator: og.Generator | None = None
         self._special_ids: dict[int, str] | None = None
         self._cached: tuple[tuple, list[int]] | None = None  # (search options, token ids in the KV cache)
@@ -104,7 +104,6 @@ class OnnxRuntimeModel:
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        refuse_unsupported(config, "onnxruntime")
         ids = np.asarray(list(prompt), dtype=np.int32)
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
@@ -156,8 +155,8 @@ class OnnxRuntimeModel:
                 options["top_k"] = config.top_k
             if config.seed is not None:
                 options["random_seed"] = config.seed
-        key = tuple(sorted(options.items()))
-        if self._cached and self._cached[0] == key and config.seed is None:
+        key = (*sorted(options.items()), ("json_schema", config.json_schema))
+        if self._cached and self._cached[0] == key and config.seed is None and config.json_schema is None:
             held = self._cached[1]
             shared = 0
             for a, b in zip(held, ids[:-1], strict=False):  # keep one new token to append
@@ -169,7 +168,19 @@ class OnnxRuntimeModel:
                 return self._generator, shared
         params = og.GeneratorParams(self._model)
         params.set_search_options(**options)
-        self._generator = og.Generator(self._model, params)
+        if config.json_schema is not None:
+            # llguidance constrains each token to the schema; a grammar state cannot be rewound, so a constrained
+            # generation always starts afresh.
+            try:
+                params.set_guidance("json_schema", config.json_schema)
+            except RuntimeError as exc:
+                raise GenerationError(f"ONNX Runtime GenAI cannot use this JSON schema: {exc}") from None
+        try:
+            self._generator = og.Generator(self._model, params)
+        except RuntimeError as exc:
+            if config.json_schema is None:
+                raise
+            raise GenerationError(f"ONNX Runtime GenAI cannot use this JSON schema: {exc}") from None
         self._cached = (key, [])
         return self._generator, 0
 

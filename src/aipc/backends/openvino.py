@@ -39,6 +39,7 @@ NPU_PREFILL_CHUNK = 256
 # Texts up to this many characters are tokenized whole: fewer than the 8192 tokens the tokenizer keeps, even at
 # four tokens per character (byte-level tokens of characters outside the vocabulary).
 _TOKENIZE_CHARS = 2000
+KEEP_SPECIAL_TOKENS = {"skip_special_tokens": False}
 _FINISH = {
     ov_genai.GenerationFinishReason.STOP: "stop",
     ov_genai.GenerationFinishReason.LENGTH: "length",
@@ -134,6 +135,8 @@ class OpenVINOModel:
             ref=source.ref,
         )
         self._is_npu = is_npu
+        # The NPU's static pipeline has no structured-output support (it refuses StructuredOutputConfig).
+        self.structured_output = not is_npu
         self._ir = path
         self._device = device
         self._load_config = config
@@ -207,13 +210,21 @@ class OpenVINOModel:
                 else f"this model's context of {self.info.context_length} tokens"
             )
             raise ContextLengthError(f"the prompt has {n_prompt} tokens, over {where}", limit=limit, requested=n_prompt)
+        if config.json_schema is not None and not self.structured_output:
+            raise UsageError(
+                "structured output (json_schema) is not supported on the NPU, whose static pipeline cannot "
+                "constrain decoding: use --device cpu or gpu"
+            )
         gc = self._config(config)
         if self.info.context_length and not self._is_npu:
             gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
 
         def run(on_text) -> Finished:
+            # A plain callable would stream through a detokenizer that drops control tokens; tool-call markup
+            # (`<|tool_call|>`) is made of them, and the engine decides what reaches the answer.
+            streamer = ov_genai.TextStreamer(self._tok, on_text, KEEP_SPECIAL_TOKENS)
             try:
-                result = self._pipe.generate(inputs, gc, on_text)
+                result = self._pipe.generate(inputs, gc, streamer)
             except RuntimeError as exc:
                 raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
             tokens = result.tokens[0]

@@ -27,6 +27,7 @@ import openvino_genai as ov_genai
 from aipc.backends.base import DeviceInfo
 from aipc.backends.openvino import (
     _FINISH,
+    KEEP_SPECIAL_TOKENS,
     OpenVINOBackend,
     OpenVINOModel,
     _last_line,
@@ -199,7 +200,7 @@ class OpenVINOBatchedModel(OpenVINOModel):
         except RuntimeError as exc:
             request.fail(GenerationError(f"OpenVINO could not start the generation: {_last_line(exc)}"))
             return
-        request.streamer = ov_genai.TextStreamer(self._tok, request.on_text)
+        request.streamer = ov_genai.TextStreamer(self._tok, request.on_text, KEEP_SPECIAL_TOKENS)
         active[rid] = request
 
     def _collect(self, request: _Request) -> bool:

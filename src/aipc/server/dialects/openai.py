@@ -15,14 +15,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from aipc import __version__
-from aipc.engine.events import Done, TextDelta
+from aipc.engine.events import Done, TextDelta, ToolCall
 from aipc.server import core, errors
 from aipc.server.dialects import openai_protocol as protocol
 from aipc.server.errors import APIError, json_bytes, sse_error
 
 # Request fields that GenerationConfig's option names come from, to name them in errors.
 _PARAM_OF_OPTION = {"json_schema": "response_format"}
-_FINISH_REASONS = ("stop", "length")
+_FINISH_REASONS = ("stop", "length", "tool_calls")
 
 
 def register(app: FastAPI, state: core.ServerState) -> None:
@@ -91,9 +91,10 @@ def _chat_prepare(state: core.ServerState, body: protocol.ChatRequest) -> Any:
         extra["json_schema"] = schema
     asked = body.wanted_max_tokens()
     options = body.options(asked) | extra
+    tools = body.tool_options()
 
     def prepare(entry: core.Entry) -> core.Prepared:
-        return core.chat_prompt(entry, messages, options, asked=asked, param_of=_param)
+        return core.chat_prompt(entry, messages, options, asked=asked, param_of=_param, tools=tools)
 
     return prepare
 
@@ -145,12 +146,11 @@ class _Shape:
         reason = _finish_reason(done)
         head = self.head | {"object": "chat.completion" if self.chat else "text_completion"}
         if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
+            calls = [_call(e) for e in events if isinstance(e, ToolCall)]
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
         return head | {
@@ -172,6 +172,8 @@ class _Shape:
                 for event in batch:
                     if isinstance(event, TextDelta):
                         out.append(self._text(event.text))
+                    elif isinstance(event, ToolCall):
+                        out.append(self._call(event))
                     elif isinstance(event, Done):
                         out.append(self._end(event, prepared))
                 if out:
@@ -181,6 +183,24 @@ class _Shape:
             return
         if generation.done is not None:
             yield b"data: [DONE]\n\n"
+
+    def _call(self, call: ToolCall) -> bytes:
+        """A call as OpenAI streams one: a delta with its index, id, type and name, then its arguments."""
+        usage = {"usage": None} if self.include_usage else {}
+        head = {
+            "index": call.index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        body = {"index": call.index, "function": {"arguments": call.arguments}}
+        return b"".join(
+            self._event(
+                {"choices": [{"index": 0, "delta": {"tool_calls": [part]}, "logprobs": None, "finish_reason": None}]}
+                | usage
+            )
+            for part in (head, body)
+        )
 
     def _end(self, done: Done, prepared: core.Prepared) -> bytes:
         reason = _finish_reason(done)
@@ -194,6 +214,10 @@ class _Shape:
                 {"choices": [], "usage": protocol.usage(prepared.prompt_tokens, done.usage.completion_tokens)}
             )
         return out
+
+
+def _call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def _finish_reason(done: Done) -> str:
