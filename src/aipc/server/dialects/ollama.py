@@ -169,7 +169,7 @@ def _keep_alive(value: Any) -> float | None:
 
 
 def _refuse_unsupported(body: Any, *, chat: bool) -> None:
-    """What aipc cannot honour yet is refused by name (tool calling will plug in here)."""
+    """What aipc cannot honour yet is refused by name (tools and tool turns go to the engine)."""
     if body.think:
         raise APIError(400, "thinking is not supported by this model", param="think")
     if body.logprobs or body.top_logprobs:
