@@ -150,8 +150,14 @@ class LlamaCppModel:
     def _grammar(schema: str) -> llama_cpp.LlamaGrammar:
         """llama.cpp's GBNF grammar for a JSON Schema (llama-cpp-python's converter), made per request: its
         sampler state is consumed by the generation."""
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
         try:
-            return llama_cpp.LlamaGrammar.from_json_schema(schema, verbose=False)
+            gbnf = json_schema_to_gbnf(schema)
+            # The converter's string characters admit raw control characters, which JSON forbids inside
+            # strings; llama.cpp's own C++ converter excludes them, as here.
+            gbnf = gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
+            return llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise GenerationError(f"llama.cpp cannot use this JSON schema: {exc}") from None
 

@@ -135,8 +135,11 @@ class OpenVINOModel:
             ref=source.ref,
         )
         self._is_npu = is_npu
-        # The NPU's static pipeline has no structured-output support (it refuses StructuredOutputConfig).
-        self.structured_output = not is_npu
+        # XGrammar constrains decoding on every device, the NPU's static pipeline included.
+        self.structured_output = True
+        # The text of the end-of-turn tokens: the streamer keeps control tokens, so the one that ends a turn is
+        # cut from the stream's end here (the other backends stop before decoding it).
+        self._stop_texts = tuple({self.detokenize([i]) for i in self._stop_ids} - {""})
         self._ir = path
         self._device = device
         self._load_config = config
@@ -210,19 +213,23 @@ class OpenVINOModel:
                 else f"this model's context of {self.info.context_length} tokens"
             )
             raise ContextLengthError(f"the prompt has {n_prompt} tokens, over {where}", limit=limit, requested=n_prompt)
-        if config.json_schema is not None and not self.structured_output:
-            raise UsageError(
-                "structured output (json_schema) is not supported on the NPU, whose static pipeline cannot "
-                "constrain decoding: use --device cpu or gpu"
-            )
         gc = self._config(config)
         if self.info.context_length and not self._is_npu:
             gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
 
+        stops = () if config.ignore_eos else self._stop_texts
+
         def run(on_text) -> Finished:
+            def keep(text: str) -> bool:
+                for stop in stops:
+                    if text.endswith(stop):
+                        text = text[: -len(stop)]
+                        break
+                return on_text(text) if text else cancel.is_set()
+
             # A plain callable would stream through a detokenizer that drops control tokens; tool-call markup
             # (`<|tool_call|>`) is made of them, and the engine decides what reaches the answer.
-            streamer = ov_genai.TextStreamer(self._tok, on_text, KEEP_SPECIAL_TOKENS)
+            streamer = ov_genai.TextStreamer(self._tok, keep, KEEP_SPECIAL_TOKENS)
             try:
                 result = self._pipe.generate(inputs, gc, streamer)
             except RuntimeError as exc:

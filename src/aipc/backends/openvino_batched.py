@@ -27,7 +27,6 @@ import openvino_genai as ov_genai
 from aipc.backends.base import DeviceInfo
 from aipc.backends.openvino import (
     _FINISH,
-    KEEP_SPECIAL_TOKENS,
     OpenVINOBackend,
     OpenVINOModel,
     _last_line,
@@ -200,7 +199,7 @@ class OpenVINOBatchedModel(OpenVINOModel):
         except RuntimeError as exc:
             request.fail(GenerationError(f"OpenVINO could not start the generation: {_last_line(exc)}"))
             return
-        request.streamer = ov_genai.TextStreamer(self._tok, request.on_text, KEEP_SPECIAL_TOKENS)
+        request.streamer = ov_genai.TextStreamer(self._tok, request.on_text)
         active[rid] = request
 
     def _collect(self, request: _Request) -> bool:

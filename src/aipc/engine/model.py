@@ -170,7 +170,9 @@ class Model:
         if self.system and not any(m["role"] == "system" for m in checked):
             checked.insert(0, {"role": "system", "content": self.system})
         source = self.template or self.info.chat_template
-        plan = tool_calling.ToolPlan.make(request, tool_calling.format_for(source, self.info.ref or self.info.name))
+        from aipc.engine.tools.session import ToolPlan
+
+        plan = ToolPlan.make(request, tool_calling.format_for(source, self.info.ref or self.info.name))
 
         def encode(backend: Backend) -> list[int]:
             info = backend.info

@@ -34,8 +34,6 @@ CONSTRAINING = frozenset(
         "minLength",
         "maxLength",
         "pattern",
-        "minimum",
-        "maximum",
     }
 )
 # Keywords that only describe (models may read them in a prompt; decoding ignores them).
