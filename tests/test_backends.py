@@ -152,7 +152,7 @@ def test_context_overflow_names_the_limit(embedded_on, backend):
     assert info.value.requested > limit
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "llamacpp", "torch"])
+@pytest.mark.parametrize("backend", ["torch"])
 def test_unsupported_options_are_refused_not_dropped(embedded_on, backend):
     from aipc.errors import UsageError
 

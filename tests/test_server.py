@@ -155,7 +155,7 @@ def test_json_object_response_format_starts_an_object(client):
         ({"temperature": 3}, openai.BadRequestError, "temperature", "less than or equal to 2"),
         ({"top_logprobs": 3}, openai.BadRequestError, "top_logprobs", "needs logprobs: true"),
         ({"model": "gpt-4o"}, openai.NotFoundError, "model", "does not exist"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools", "tool"),
+        ({"tools": [{"type": "retrieval"}]}, openai.BadRequestError, "tools", "must be 'function'"),
         ({"extra_body": {"mirostat": 2}}, openai.BadRequestError, "mirostat", "Unrecognized request argument"),
     ],
 )
@@ -178,7 +178,8 @@ def test_openai_client_sees_each_error_as_its_exception(client, kwargs, error, p
         ({}, "messages", "Missing required parameter"),
         ({"messages": []}, "messages", "at least 1"),
         ({"messages": "hi"}, "messages", "valid list"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "'system', 'developer'"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'system', 'developer'"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "messages[0].tool_call_id must be"),
         ({"messages": [{"role": "user"}]}, "messages[0].content", "must be a string"),
         ({"messages": [{"role": "user", "content": 7}]}, "messages[0].content", "valid"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content", "only text"),

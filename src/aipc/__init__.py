@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Done", "GenerationConfig", "LoadConfig", "Model", "TextDelta", "__version__", "load"]
+__all__ = ["Done", "GenerationConfig", "LoadConfig", "Model", "TextDelta", "ToolCall", "__version__", "load"]
 
 if TYPE_CHECKING:
     from aipc.engine.config import GenerationConfig, LoadConfig
-    from aipc.engine.events import Done, TextDelta
+    from aipc.engine.events import Done, TextDelta, ToolCall
     from aipc.engine.model import Model
 
 _LAZY = {
@@ -26,6 +26,7 @@ _LAZY = {
     "GenerationConfig": "aipc.engine.config",
     "LoadConfig": "aipc.engine.config",
     "TextDelta": "aipc.engine.events",
+    "ToolCall": "aipc.engine.events",
     "Done": "aipc.engine.events",
 }
 

@@ -200,7 +200,10 @@ def refuse_unsupported(config: GenerationConfig, backend: str) -> None:
     if config.json_schema is not None:
         from aipc.errors import UsageError
 
-        raise UsageError(f"structured output (json_schema) is not supported by the {backend} backend: use openvino")
+        raise UsageError(
+            f"structured output (json_schema) is not supported by the {backend} backend: "
+            "use openvino, onnxruntime or llamacpp"
+        )
 
 
 def refuse_options(config: GenerationConfig, backend: str, *, penalties: bool, logit_bias: bool) -> None:

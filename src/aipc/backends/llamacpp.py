@@ -23,12 +23,11 @@ from aipc.backends.base import (
     end_of_turn_ids,
     fit_to_context,
     markup_tokens,
-    refuse_unsupported,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.engine.logprobs import logprobs_from_logits
-from aipc.errors import UsageError
+from aipc.errors import GenerationError, UsageError
 from aipc.store.resolve import ModelSource
 
 DEFAULT_CONTEXT = 4096
@@ -78,6 +77,7 @@ class LlamaCppModel:
             if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
         )
         self.vocab_size = self._llm.n_vocab()
+        self.structured_output = True  # GBNF grammars from JSON Schema
         self.info = ModelInfo(
             name=source.name,
             backend="llamacpp",
@@ -122,7 +122,7 @@ class LlamaCppModel:
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        refuse_unsupported(config, "llamacpp")
+        grammar = self._grammar(config.json_schema) if config.json_schema is not None else None
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
@@ -145,8 +145,9 @@ class LlamaCppModel:
         seeded = config.seed is not None and not config.greedy
         k = config.logprobs
         # Log-probs read the context's last logits row, which is the sampled token's only when one token is
-        # checked per step: a request that asks for them is decoded without drafts.
-        stepper = self._drafter.start(ids, seeded, paused=k is not None) if self._drafter is not None else None
+        # checked per step: a request that asks for them (or constrains with a grammar) is decoded without drafts.
+        paused = k is not None or grammar is not None
+        stepper = self._drafter.start(ids, seeded, paused=paused) if self._drafter is not None else None
         if config.logit_bias:
             sampling["logits_processor"] = llama_cpp.LogitsProcessorList([_bias(config.logit_bias)])
         tokens = self._llm.generate(
@@ -156,6 +157,7 @@ class LlamaCppModel:
             presence_penalty=config.presence_penalty,
             frequency_penalty=config.frequency_penalty,
             reset=True,
+            grammar=grammar,
             **sampling,
         )
         n_vocab = self._llm.n_vocab()
@@ -190,6 +192,21 @@ class LlamaCppModel:
             stepper.finish()
             counts = stepper.counts
         yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
+
+    @staticmethod
+    def _grammar(schema: str) -> llama_cpp.LlamaGrammar:
+        """llama.cpp's GBNF grammar for a JSON Schema (llama-cpp-python's converter), made per request: its
+        sampler state is consumed by the generation."""
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            gbnf = json_schema_to_gbnf(schema)
+            # The converter's string characters admit raw control characters, which JSON forbids inside
+            # strings; llama.cpp's own C++ converter excludes them, as here.
+            gbnf = gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
+            return llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise GenerationError(f"llama.cpp cannot use this JSON schema: {exc}") from None
 
     def scorer(self) -> LlamaCppScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same

@@ -19,7 +19,6 @@ from aipc.backends.base import (
     fit_to_context,
     folder_chat_template,
     folder_special_tokens,
-    refuse_unsupported,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
@@ -76,6 +75,7 @@ class OnnxRuntimeModel:
             from aipc.backends.onnxruntime_speculate import check_draft
 
             check_draft(source, self._tok, self._draft, self._spec.draft)
+        self.structured_output = True  # llguidance, through GeneratorParams.set_guidance
         self._generator: og.Generator | None = None
         self._special_ids: dict[int, str] | None = None
         self._cached: tuple[tuple, list[int]] | None = None  # (search options, token ids in the KV cache)
@@ -123,14 +123,14 @@ class OnnxRuntimeModel:
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        refuse_unsupported(config, "onnxruntime")
         ids = np.asarray(list(prompt), dtype=np.int32)
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         k = config.logprobs
         shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias)
         seeded = config.seed is not None and not config.greedy
-        kind, speculative = self._speculation(ids, seeded, k is not None or shaping)
+        # llguidance, like logits read or shaped between steps, wants one token per step
+        kind, speculative = self._speculation(ids, seeded, k is not None or shaping or config.json_schema is not None)
         generator, reused = self._generator_for(list(ids), config, speculative)
         key, self._cached = self._cached[0], None  # unknown until this generation completes
         before = generator.get_speculative_stats() if speculative is not None else None
@@ -225,8 +225,8 @@ class OnnxRuntimeModel:
                 options["top_k"] = config.top_k
             if config.seed is not None:
                 options["random_seed"] = config.seed
-        key = (tuple(sorted(options.items())), tuple(sorted((speculative or {}).items())))
-        if self._cached and self._cached[0] == key and config.seed is None:
+        key = (tuple(sorted(options.items())), tuple(sorted((speculative or {}).items())), config.json_schema)
+        if self._cached and self._cached[0] == key and config.seed is None and config.json_schema is None:
             held = self._cached[1]
             shared = 0
             for a, b in zip(held, ids[:-1], strict=False):  # keep one new token to append
@@ -240,7 +240,19 @@ class OnnxRuntimeModel:
         params.set_search_options(**options)
         if speculative is not None:
             params.set_speculative_options(**speculative)
-        self._generator = og.Generator(self._model, params)
+        if config.json_schema is not None:
+            # llguidance constrains each token to the schema; a grammar state cannot be rewound, so a constrained
+            # generation always starts afresh.
+            try:
+                params.set_guidance("json_schema", config.json_schema)
+            except RuntimeError as exc:
+                raise GenerationError(f"ONNX Runtime GenAI cannot use this JSON schema: {exc}") from None
+        try:
+            self._generator = og.Generator(self._model, params)
+        except RuntimeError as exc:
+            if config.json_schema is None:
+                raise
+            raise GenerationError(f"ONNX Runtime GenAI cannot use this JSON schema: {exc}") from None
         self._cached = (key, [])
         return self._generator, 0
 

@@ -26,6 +26,7 @@ from aipc.backends.base import (
     stream_from_callback,
     vocab_special_tokens,
 )
+from aipc.backends.openvino_speculate import text_streamer
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import ContextLengthError, GenerationError, UsageError
@@ -141,6 +142,11 @@ class OpenVINOModel:
             ref=source.ref,
         )
         self._is_npu = is_npu
+        # XGrammar constrains decoding on every device, the NPU's static pipeline included.
+        self.structured_output = True
+        # The text of the end-of-turn tokens: the streamer keeps control tokens, so the one that ends a turn is
+        # cut from the stream's end here (the other backends stop before decoding it).
+        self._stop_texts = tuple({self.detokenize([i]) for i in self._stop_ids} - {""})
         self._ir = path
         self._device = device
         self._load_config = config
@@ -247,14 +253,25 @@ class OpenVINOModel:
         if self.info.context_length and not self._is_npu:
             gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
 
+        stops = () if config.ignore_eos else self._stop_texts
+
         def run(on_text) -> Finished:
+            def keep(text: str) -> bool:
+                for stop in stops:
+                    if text.endswith(stop):
+                        text = text[: -len(stop)]
+                        break
+                return on_text(text) if text else cancel.is_set()
+
+            # A plain callable would stream through a detokenizer that drops control tokens; tool-call markup
+            # (`<|tool_call|>`) is made of them, and the engine decides what reaches the answer.
             spec = self._speculator
             try:
                 if spec is None:
-                    result = self._pipe.generate(inputs, gc, on_text)
+                    result = self._pipe.generate(inputs, gc, text_streamer(self._tok, keep))
                 else:
                     seeded = config.seed is not None and not config.greedy
-                    result = spec.generate(self._pipe, self._tok, prompt, inputs, gc, on_text, seeded)
+                    result = spec.generate(self._pipe, self._tok, prompt, inputs, gc, keep, seeded)
             except RuntimeError as exc:
                 raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
             end = _now()

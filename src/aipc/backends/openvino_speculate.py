@@ -22,13 +22,21 @@ import openvino_genai as ov_genai
 from aipc.backends import speculate
 from aipc.backends.base import DeviceInfo
 
+# Control tokens reach the engine (tool-call markup is made of them); the backend trims end-of-turn text itself.
+KEEP_SPECIAL_TOKENS = {"skip_special_tokens": False}
+
+
+def text_streamer(tokenizer: ov_genai.Tokenizer, on_text: Callable[[str], bool]) -> ov_genai.TextStreamer:
+    """OpenVINO's detokenizing streamer, keeping control tokens."""
+    return ov_genai.TextStreamer(tokenizer, on_text, KEEP_SPECIAL_TOKENS)
+
 
 class StepStreamer(ov_genai.StreamerBase):
     """Streams text through OpenVINO's `TextStreamer`, noting when each step's tokens arrived and how many."""
 
     def __init__(self, tokenizer: ov_genai.Tokenizer, on_text: Callable[[str], bool]) -> None:
         super().__init__()
-        self._text = ov_genai.TextStreamer(tokenizer, on_text)
+        self._text = text_streamer(tokenizer, on_text)
         self.steps: list[tuple[float, int]] = []
 
     def write(self, token) -> ov_genai.StreamingStatus:
@@ -115,7 +123,7 @@ class Speculator:
         mode = self.spec.mode
         if mode == "draft":
             gc.num_assistant_tokens = speculate.DEFAULT_WIDTH
-            result = pipe.generate(inputs, gc, on_text)
+            result = pipe.generate(inputs, gc, text_streamer(tokenizer, on_text))
             metrics = result.extended_perf_metrics
             self._pending = lambda: (
                 speculate.Counts(int(metrics.get_num_draft_tokens()), int(metrics.get_num_accepted_tokens()))
@@ -131,7 +139,7 @@ class Speculator:
         kind, width = self.governor.plan(prompt, seeded=seeded)
         if width == 0:
             timed = TimedText(on_text)
-            result = pipe.generate(inputs, gc, timed)
+            result = pipe.generate(inputs, gc, text_streamer(tokenizer, timed))
 
             def settle() -> speculate.Counts:
                 times = timed.times

@@ -114,6 +114,11 @@ def _add_run(sub) -> None:
     run.add_argument("--seed", type=int, help="random seed for reproducible sampling (>= 0; default: random)")
     run.add_argument("--system", help="system prompt (default: none, or a created model's own)")
     run.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
+    run.add_argument(
+        "--format",
+        metavar="json|FILE.json",
+        help="constrain the answer to JSON: 'json' for any JSON object, or a file holding a JSON Schema",
+    )
     run.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     run.add_argument("--nowordwrap", action="store_true", help="don't wrap the answer at word boundaries in a terminal")
     run.add_argument(

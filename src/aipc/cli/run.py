@@ -6,6 +6,7 @@ Which word is the model: see `aipc.store.resolve.looks_like_model`; `--` and `-p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import stat
 import sys
@@ -125,7 +126,30 @@ def generation_options(args: argparse.Namespace) -> dict:
         "repeat_penalty": "repetition_penalty",
         "stop": "stop",
     }
-    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
+    options = {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
+    fmt = getattr(args, "format", None)
+    if fmt is not None:
+        options["json_schema"] = json_format(fmt)
+    return options
+
+
+def json_format(value: str) -> str:
+    """`--format`: "json" (any JSON object) or a file holding a JSON Schema, as JSON text."""
+    from pathlib import Path
+
+    if value == "json":
+        return '{"type": "object"}'
+    path = Path(value)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise UsageError(f"--format must be 'json' or a JSON Schema file: cannot read {value}: {reason}") from None
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--format file {value} is not valid JSON: {exc}") from None
+    return text
 
 
 def print_stream(events: Iterator[Event], out: TextIO, *, wordwrap: bool = False) -> Done | None:

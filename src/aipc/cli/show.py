@@ -97,8 +97,8 @@ def _first_lines(text: str, n: int = 2, width: int = 100) -> list[str]:
 
 
 def _variant_lines(v: store.Variant) -> list[str]:
-    from aipc.units import size_text
     from aipc.store import caches
+    from aipc.units import size_text
 
     m = v.manifest
     if v.variant == "alias":

@@ -67,7 +67,8 @@ class GenerationConfig:
     stop: tuple[str, ...] = field(default_factory=tuple)
     # Generate exactly max_tokens, past end-of-turn tokens: benchmarks need fixed-length decodes.
     ignore_eos: bool = False
-    # A JSON Schema (as JSON text) the answer must conform to; the runtime constrains decoding to it.
+    # A JSON Schema (JSON text, or a dict) the answer must conform to; the runtime constrains decoding to it,
+    # within the subset `aipc.engine.schema` names.
     json_schema: str | None = None
     # Log-probabilities of the generated tokens: None leaves them out; N (0-20) adds each token's log-prob and
     # its N most likely alternatives to the `TextDelta`s.
@@ -94,6 +95,10 @@ class GenerationConfig:
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise InvalidConfigError(f"stop strings must be non-empty strings, got {s!r}")
+        if isinstance(self.json_schema, dict):  # the Python API takes a schema as a dict too
+            import json
+
+            object.__setattr__(self, "json_schema", json.dumps(self.json_schema))
         if self.json_schema is not None:
             _check_json_schema(self.json_schema)
         if self.logprobs is not None:
@@ -139,6 +144,9 @@ def _check_json_schema(value: Any) -> None:
         schema = None
     if not isinstance(schema, dict):
         raise InvalidConfigError(f"json_schema must be a JSON Schema object as JSON text, got {value!r:.80}")
+    from aipc.engine.schema import check
+
+    check(schema)
 
 
 def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:

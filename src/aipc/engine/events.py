@@ -30,6 +30,18 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One complete call of a tool the request offered, read out of the model's markup (which never reaches
+    `TextDelta`s). `arguments` is a JSON object as text, as OpenAI sends it; `index` counts calls in the turn."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -51,7 +63,8 @@ class Timings:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The last event of every generation. finish_reason: "stop", "length" or "cancelled"."""
+    """The last event of every generation. finish_reason: "stop", "length", "cancelled", or "tool_calls" when a
+    turn that offered tools ended with calls."""
 
     finish_reason: str
     usage: Usage
@@ -78,7 +91,7 @@ class Finished:
     accepted: int = 0
 
 
-Event = TextDelta | Done
+Event = TextDelta | ToolCall | Done
 
 
 def compute_timings(start: float, first: float | None, end: float, completion_tokens: int) -> Timings:

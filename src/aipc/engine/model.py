@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aipc.backends.base import Backend, ModelInfo
 from aipc.backends.scoring import Scorer
@@ -19,7 +19,21 @@ from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
 from aipc.errors import AipcError, ContextLengthError, ConversionError, GenerationError, UsageError
 
+if TYPE_CHECKING:
+    from aipc.engine.tools.session import ToolPlan
+
 log = logging.getLogger("aipc")
+
+
+class ChatPrompt:
+    """A chat request encoded for this model: the prompt's token ids, and the plan for its tools (None for a
+    request without tools or tool turns). `encode(backend)` re-encodes it for another backend (the NPU's
+    fallback device), since tokenizers may differ."""
+
+    def __init__(self, ids: list[int], plan: ToolPlan | None, encode: Callable[[Backend], list[int]]) -> None:
+        self.ids = ids
+        self.plan = plan
+        self.encode = encode
 
 
 class Model:
@@ -53,6 +67,16 @@ class Model:
     @property
     def info(self) -> ModelInfo:
         return self._backend.info
+
+    @property
+    def structured_output(self) -> bool:
+        """Whether the runtime can constrain decoding (JSON Schema; forced tool calls) on this device."""
+        return bool(getattr(self._backend, "structured_output", False))
+
+    @property
+    def where(self) -> str:
+        """The backend and device, in words, for messages."""
+        return f"the {self.info.backend} backend on {self.info.device}"
 
     @property
     def chat_template(self) -> str | None:
@@ -113,12 +137,88 @@ class Model:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return self.stream_chat(messages, **options)
 
-    def stream_chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> Iterator[Event]:
-        """Stream the assistant's next turn for OpenAI-style `messages`."""
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
+        **options: Any,
+    ) -> Iterator[Event]:
+        """Stream the assistant's next turn for OpenAI-style `messages`: `TextDelta`s, a `ToolCall` per call
+        when `tools` (OpenAI's function tools) are given, then `Done`."""
         config = self.defaults.updated(**options)  # validate before any work
-        clean = self._prepared(messages)
-        ids = self._encode_chat(self._backend, clean)  # template errors surface here, before the stream starts
-        return self._run(lambda backend: ids if backend is self._backend else self._encode_chat(backend, clean), config)
+        chat = self.prepare(messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
+        return self.stream_prepared(chat, **options) if chat.plan is not None else self._run(chat.encode, config)
+
+    def prepare(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
+    ) -> ChatPrompt:
+        """A chat request checked and encoded (template errors surface here, before any stream starts)."""
+        from aipc.engine import tools as tool_calling
+
+        request = tool_calling.parse_request(tools, tool_choice, parallel_tool_calls)
+        turns = any(isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in messages)
+        if request is None and not turns:
+            clean = self._prepared(messages)
+            ids = self._encode_chat(self._backend, clean)
+            return ChatPrompt(ids, None, lambda b: ids if b is self._backend else self._encode_chat(b, clean))
+        checked = tool_calling.validate_messages(messages)
+        if self.system and not any(m["role"] == "system" for m in checked):
+            checked.insert(0, {"role": "system", "content": self.system})
+        source = self.template or self.info.chat_template
+        from aipc.engine.tools.session import ToolPlan
+
+        plan = ToolPlan.make(request, tool_calling.format_for(source, self.info.ref or self.info.name))
+
+        def encode(backend: Backend) -> list[int]:
+            info = backend.info
+            rendered = tool_calling.render_prompt(
+                self.template or info.chat_template,
+                checked,
+                request,
+                plan.fmt,
+                bos_token=info.bos_token,
+                eos_token=info.eos_token,
+                specials=info.special_tokens,
+            )
+            text = rendered.text
+            return prompt.tokenize_pieces(text, backend.tokenize) if rendered.escaped else backend.tokenize(text)
+
+        ids = encode(self._backend)
+        return ChatPrompt(ids, plan, lambda b: ids if b is self._backend else encode(b))
+
+    def stream_prepared(self, chat: ChatPrompt, **options: Any) -> Iterator[Event]:
+        """Stream the answer to a prepared chat request (the server prepares in one thread, streams in another)."""
+        config = self.defaults.updated(**options)
+        if chat.plan is None:
+            return self._run(chat.encode, config)
+        from aipc.engine.tools import session
+
+        backend = self._backend
+        can = self.structured_output
+        session.check(chat.plan, config, can_constrain=can, where=self.where)
+
+        def run(extra: str, cfg: GenerationConfig) -> Iterator[Event]:
+            def encode(b: Backend) -> list[int]:
+                return chat.encode(b) + (b.tokenize(extra) if extra else [])
+
+            return self._run(encode, cfg)
+
+        return session.stream_calls(
+            run,
+            chat.plan,
+            config,
+            n_prompt=len(chat.ids),
+            count_tokens=lambda text: len(backend.tokenize(text)) if text else 0,
+            can_constrain=can,
+        )
 
     def generate(
         self, prompt: str | Sequence[int], *, system: str | None = None, raw: bool = False, **options: Any
@@ -127,7 +227,7 @@ class Model:
         return _join(self.stream(prompt, system=system, raw=raw, **options))
 
     def chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> str:
-        """The assistant's next turn for OpenAI-style `messages`, as text."""
+        """The assistant's next turn for OpenAI-style `messages`, as text (`stream_chat` gives tool calls)."""
         return _join(self.stream_chat(messages, **options))
 
     def _run(self, encode: Callable[[Backend], list[int]], config: GenerationConfig) -> Iterator[Event]:

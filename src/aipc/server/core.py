@@ -195,13 +195,14 @@ async def read_json(request: Any) -> Any:
 class Prepared:
     """A request checked against the model: the prompt's token ids and the engine's options."""
 
-    def __init__(self, prompt: list[int], options: dict[str, Any], echo: str = "") -> None:
+    def __init__(self, prompt: list[int], options: dict[str, Any], echo: str = "", chat: Any = None) -> None:
         self.prompt = prompt
         self.prompt_tokens = len(prompt)
         self.options = options
         self.echo = echo
         self.ids = prompt
         self.prompt_logprobs: list[Any] | None = None  # the prompt's log-probs, when echo asks for them
+        self.chat = chat  # the engine's ChatPrompt when the request has tools or tool turns
 
 
 def _config(entry: Entry, options: dict[str, Any], param_of: Callable[[str], str]) -> Any:
@@ -223,17 +224,28 @@ def chat_prompt(
     what: str = "messages",
     context_length: int | None = None,
     fill: bool = False,
+    tools: dict[str, Any] | None = None,
 ) -> Prepared:
     """The chat prompt's token ids (the model's template, content unable to forge control tokens) and options,
-    with max_tokens fitted to the context. Blocking: call in a worker thread."""
+    with max_tokens fitted to the context; `tools` (tools, tool_choice, parallel_tool_calls) are checked and
+    rendered into the prompt. Blocking: call in a worker thread."""
     config = _config(entry, options, param_of)
+    model = entry.model
     try:
-        prompt = entry.model.encode(messages)
+        chat = model.prepare(messages, **(tools or {}))
+        if chat.plan is not None:
+            from aipc.engine.tools import session
+
+            session.check(chat.plan, config, can_constrain=model.structured_output, where=model.where)
     except AipcError as exc:
-        raise to_api_error(exc, param=what) from None
+        first = str(exc).split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0]
+        raise to_api_error(exc, param=first if first in _TOOL_FIELDS else what) from None
     options = dict(options)
-    options["max_tokens"] = fit(entry, len(prompt), asked, config.max_tokens, what, context_length, fill)
-    return Prepared(prompt, options)
+    options["max_tokens"] = fit(entry, len(chat.ids), asked, config.max_tokens, what, context_length, fill)
+    return Prepared(chat.ids, options, chat=chat if chat.plan is not None else None)
+
+
+_TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def text_prompt(
@@ -403,7 +415,10 @@ async def generate(
             release()
 
         model = entry.model
-        pump = EventPump(lambda: model.stream(prepared.prompt, raw=True, **prepared.options), on_exit=finished)
+        if prepared.chat is not None:
+            pump = EventPump(lambda: model.stream_prepared(prepared.chat, **prepared.options), on_exit=finished)
+        else:
+            pump = EventPump(lambda: model.stream(prepared.prompt, raw=True, **prepared.options), on_exit=finished)
         state.pumps.add(pump)
     except BaseException:
         if pump is None:

@@ -63,7 +63,7 @@ def call_grammar(request: ToolRequest | None, fmt: ToolFormat) -> CallGrammar | 
     one = call_schema(request.allowed)
     if markup.listed or (not markup.begin and request.parallel):
         schema: dict[str, Any] = {"type": "array", "items": one, "minItems": 1}
-        if not request.parallel:
+        if not request.parallel or request.function is not None:  # a named function is called once, as OpenAI does
             schema["maxItems"] = 1
     else:
         schema = one

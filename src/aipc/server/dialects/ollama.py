@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from aipc.engine.events import Done, TextDelta
+from aipc.engine.events import Done, TextDelta, ToolCall
 from aipc.errors import AipcError, InvalidConfigError
 from aipc.server import core, errors, library
 from aipc.server.dialects import ollama_protocol as protocol
@@ -171,21 +171,17 @@ def _keep_alive(value: Any) -> float | None:
 
 
 def _refuse_unsupported(body: Any, *, chat: bool) -> None:
-    """What aipc cannot honour yet is refused by name (tool calling will plug in here)."""
+    """What aipc cannot honour yet is refused by name (tools and tool turns go to the engine)."""
     if body.think:
         raise APIError(400, "thinking is not supported by this model", param="think")
     if body.logprobs or body.top_logprobs:
         raise APIError(400, "logprobs are not supported yet", param="logprobs")
     if chat:
-        if body.tools:
-            raise APIError(400, "tools are not supported yet", param="tools")
         for i, m in enumerate(body.messages or []):
             if m.images:
                 raise _no_images(f"messages[{i}].images")
-            if m.role == "tool" or m.tool_calls:
-                raise APIError(400, "tools are not supported yet", param=f"messages[{i}]")
-            if m.role not in ("system", "user", "assistant"):
-                message = f"messages[{i}].role must be system, user or assistant, got {m.role!r}"
+            if m.role not in ("system", "user", "assistant", "tool"):
+                message = f"messages[{i}].role must be system, user, assistant or tool, got {m.role!r}"
                 raise APIError(400, message, param=f"messages[{i}].role")
         return
     if body.images:
@@ -249,14 +245,48 @@ def _chat_prepare(state: core.ServerState, body: Any, options: dict, asked: int 
             f"too many messages: {len(body.messages)}, this server takes at most {state.settings.max_messages}",
             param="messages",
         )
-    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+    messages = _chat_messages(body.messages)
+    tools = {"tools": body.tools} if body.tools else None
 
     def prepare(entry: core.Entry) -> core.Prepared:
         return core.chat_prompt(
-            entry, messages, options, asked=asked, param_of=_param, context_length=ctx, fill=asked is None
+            entry, messages, options, asked=asked, param_of=_param, context_length=ctx, fill=asked is None, tools=tools
         )
 
     return prepare
+
+
+def _chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """Ollama's messages in OpenAI's shape for the engine. Ollama's calls carry no ids and its tool messages
+    name only the function (`tool_name`): each call gets an id here, and each result answers the first call
+    of the assistant message before it that has that name (or, without a name, the next unanswered one)."""
+    out: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []  # (id, name) of the last assistant message's unanswered calls
+    for i, m in enumerate(messages):
+        message: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+        if m.role == "assistant" and m.tool_calls:
+            calls = []
+            for j, call in enumerate(m.tool_calls):
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict):
+                    raise APIError(400, "each tool call must have a function", param=f"messages[{i}].tool_calls[{j}]")
+                calls.append({"id": f"call_{i}_{j}", "type": "function", "function": function})
+            message["tool_calls"] = calls
+            pending = [(c["id"], str(c["function"].get("name"))) for c in calls]
+        elif m.role == "tool":
+            match = next((p for p in pending if m.tool_name in (None, p[1])), None)
+            if match is None:
+                raise APIError(
+                    400,
+                    f"messages[{i}] is a tool result that answers no call of the assistant message before it",
+                    param=f"messages[{i}]",
+                )
+            pending.remove(match)
+            message["tool_call_id"] = match[0]
+        elif m.role != "assistant":
+            pending = []
+        out.append(message)
+    return out
 
 
 def _text_prepare(body: Any, options: dict, asked: int | None, ctx: int | None) -> Callable:
@@ -328,10 +358,22 @@ class _Shape:
         body = f'"message":{{"role":"assistant","content":{content}}}' if self.chat else f'"response":{content}'
         return f'{{"model":{self._model_json},"created_at":"{created}",{body},"done":false}}\n'.encode()
 
-    def _final(self, done: Done, prepared: core.Prepared, text: str = "") -> dict[str, Any]:
+    def _calls(self, calls: list[ToolCall], created: str) -> bytes:
+        message = {"role": "assistant", "content": "", "tool_calls": [_call(c) for c in calls]}
+        return json_bytes({"model": self.model, "created_at": created, "message": message, "done": False}) + b"\n"
+
+    def _final(
+        self, done: Done, prepared: core.Prepared, text: str = "", calls: list[ToolCall] | None = None
+    ) -> dict[str, Any]:
         t = done.timings
         body: dict[str, Any] = {"model": self.model, "created_at": protocol.timestamp()}
-        body |= {"message": {"role": "assistant", "content": text}} if self.chat else {"response": text}
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = [_call(c) for c in calls]
+            body["message"] = message
+        else:
+            body["response"] = text
         return body | {
             "done": True,
             "done_reason": done.finish_reason if done.finish_reason in ("stop", "length") else "stop",
@@ -346,7 +388,7 @@ class _Shape:
     def whole(self, events: list[Any], prepared: core.Prepared) -> dict[str, Any]:
         text = "".join(e.text for e in events if isinstance(e, TextDelta))
         done = next(e for e in events if isinstance(e, Done))
-        return self._final(done, prepared, text)
+        return self._final(done, prepared, text, [e for e in events if isinstance(e, ToolCall)])
 
     async def stream(self, generation: core.Generation) -> AsyncIterator[bytes]:
         try:
@@ -356,12 +398,19 @@ class _Shape:
                 for event in batch:
                     if isinstance(event, TextDelta):
                         out.append(self._chunk(event.text, created))
+                    elif isinstance(event, ToolCall):
+                        out.append(self._calls([event], created))
                     elif isinstance(event, Done):
                         out.append(json_bytes(self._final(event, generation.prepared)) + b"\n")
                 if out:
                     yield b"".join(out)
         except Exception as exc:  # after the 200: the error travels as a line, as Ollama sends it
             yield _stream_error(to_api_error(exc))
+
+
+def _call(call: ToolCall) -> dict[str, Any]:
+    """A call in Ollama's shape: arguments as an object, not a JSON string."""
+    return {"function": {"index": call.index, "name": call.name, "arguments": json.loads(call.arguments)}}
 
 
 # --- models --------------------------------------------------------------------------------------------------

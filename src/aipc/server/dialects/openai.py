@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from aipc import __version__
-from aipc.engine.events import Done, TextDelta
+from aipc.engine.events import Done, TextDelta, ToolCall
 from aipc.errors import AipcError
 from aipc.server import core, errors
 from aipc.server.dialects import openai_protocol as protocol
@@ -24,7 +24,7 @@ from aipc.server.errors import APIError, json_bytes, sse_error
 
 # Request fields that GenerationConfig's option names come from, to name them in errors.
 _PARAM_OF_OPTION = {"json_schema": "response_format"}
-_FINISH_REASONS = ("stop", "length")
+_FINISH_REASONS = ("stop", "length", "tool_calls")
 
 
 def register(app: FastAPI, state: core.ServerState) -> None:
@@ -161,10 +161,11 @@ def _chat_jobs(state: core.ServerState, body: protocol.ChatRequest) -> list[Any]
         extra["json_schema"] = schema
     asked = body.wanted_max_tokens()
     options = _base_seed(body.options(asked) | extra, body.n)
+    tools = body.tool_options()
 
     def job(i: int) -> Any:
         def prepare(entry: core.Entry) -> core.Prepared:
-            return core.chat_prompt(entry, messages, _seeded(options, i), asked=asked, param_of=_param)
+            return core.chat_prompt(entry, messages, _seeded(options, i), asked=asked, param_of=_param, tools=tools)
 
         return prepare, False
 
@@ -246,7 +247,10 @@ class _Shape:
             if self.logprobs:
                 tokens = [t for d in deltas for t in d.tokens]
                 logprobs = {"content": chat_content(tokens, self.names), "refusal": None}
-            message = {"role": "assistant", "content": text, "refusal": None}
+            calls = [_call(e) for e in events if isinstance(e, ToolCall)]
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
             return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}, done
         if self.logprobs:
             lp = CompletionLogprobs(self.names)
@@ -307,6 +311,8 @@ class _Shape:
                     for event in batch:
                         if isinstance(event, TextDelta):
                             out.append(self._chunk(index, event, lp))
+                        elif isinstance(event, ToolCall):
+                            out.append(self._call(index, event))
                         elif isinstance(event, Done):
                             out.append(self._end(index, event))
                             completion_tokens += event.usage.completion_tokens
@@ -330,6 +336,28 @@ class _Shape:
         content = {"content": chat_content(event.tokens, self.names), "refusal": None}
         return self._delta(index, event.text, content)
 
+    def _call(self, index: int, call: ToolCall) -> bytes:
+        """A call as OpenAI streams one: a delta with its index, id, type and name, then its arguments."""
+        usage = {"usage": None} if self.include_usage else {}
+        head = {
+            "index": call.index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        body = {"index": call.index, "function": {"arguments": call.arguments}}
+        return b"".join(
+            self._event(
+                {
+                    "choices": [
+                        {"index": index, "delta": {"tool_calls": [part]}, "logprobs": None, "finish_reason": None}
+                    ]
+                }
+                | usage
+            )
+            for part in (head, body)
+        )
+
     def _end(self, index: int, done: Done) -> bytes:
         reason = _finish_reason(done)
         if self.chat:
@@ -337,6 +365,10 @@ class _Shape:
         else:
             choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
         return self._event({"choices": [choice]} | ({"usage": None} if self.include_usage else {}))
+
+
+def _call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def _finish_reason(done: Done) -> str:

@@ -52,9 +52,12 @@ class ResponseFormat(_Body):
 
 
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, checked by aipc.engine.tools
+    tool_call_id: str | None = None  # the call a tool message answers
+    refusal: str | None = None  # echoed back by clients that resend whole assistant messages
 
     def text(self, index: int) -> str:
         """The message's text: a string, or the concatenated text of `{"type": "text"}` parts."""
@@ -153,12 +156,11 @@ class ChatRequest(_Sampling):
         super().check_supported()
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                raise APIError(400, f"{name} (tool calling) {NOT_SUPPORTED}", param=name)
-        for name in ("tool_choice", "function_call"):
-            if getattr(self, name) not in (None, "none", "auto"):
-                raise APIError(400, f"{name} {NOT_SUPPORTED}", param=name)
+        if self.functions:
+            message = f"functions (the deprecated form of tools) {NOT_SUPPORTED}: use tools"
+            raise APIError(400, message, param="functions")
+        if self.function_call not in (None, "none", "auto"):
+            raise APIError(400, f"function_call {NOT_SUPPORTED}: use tool_choice", param="function_call")
         if self.store:
             raise APIError(400, f"store=true {NOT_SUPPORTED}: nothing is kept", param="store")
 
@@ -172,12 +174,26 @@ class ChatRequest(_Sampling):
             raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
         return self.max_completion_tokens or self.max_tokens
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        """Messages as the engine takes them; "developer" is OpenAI's newer name for "system"."""
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
-            for i, m in enumerate(self.messages)
-        ]
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """Messages as the engine takes them; "developer" is OpenAI's newer name for "system". Tool turns keep
+        their `tool_calls` and `tool_call_id` (the engine checks them)."""
+        out = []
+        for i, m in enumerate(self.messages):
+            calls = m.role == "assistant" and bool(m.tool_calls)
+            message: dict[str, Any] = {
+                "role": "system" if m.role == "developer" else m.role,
+                "content": None if calls and m.content is None else m.text(i),
+            }
+            if calls:
+                message["tool_calls"] = m.tool_calls
+            if m.tool_call_id is not None:
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
+        return out
+
+    def tool_options(self) -> dict[str, Any]:
+        """The tool side of the request, for `Model.prepare` (which checks it)."""
+        return {"tools": self.tools, "tool_choice": self.tool_choice, "parallel_tool_calls": self.parallel_tool_calls}
 
 
 class CompletionRequest(_Sampling):

@@ -1,0 +1,223 @@
+"""Tool calling end to end: the official `openai` and `ollama` clients against `aipc serve` (uvicorn on a real
+loopback port) on the real embedded SmolLM2, and the Python API.
+
+SmolLM2 has no tool format of its own, so aipc describes the tools in the system message and constrains forced
+calls to `{"tool_calls": [...]}` whose arguments match the function's JSON Schema (OpenVINO's structured output).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import ollama
+import pytest
+from openai import OpenAI
+
+from aipc.engine.events import Done, TextDelta, ToolCall
+from aipc.server.settings import ServerSettings
+from tests.test_server_support import LiveServer
+
+MODEL = "smollm2:135m"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Get the local time in a time zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 40}},
+            "required": ["zone"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with LiveServer(ServerSettings(), model) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _valid_weather_call(name: str, arguments: str) -> dict:
+    assert name == "get_weather"
+    args = json.loads(arguments)
+    jsonschema.validate(args, WEATHER["function"]["parameters"])
+    return args
+
+
+def test_a_named_tool_choice_yields_a_valid_call_for_every_seed(client):
+    for seed in range(20):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice=NAMED, temperature=0.7, seed=seed
+        )
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls", (seed, choice)
+        assert choice.message.content is None
+        (call,) = choice.message.tool_calls
+        assert call.type == "function" and call.id.startswith("call_") and len(call.id) == 29
+        _valid_weather_call(call.function.name, call.function.arguments)
+
+
+def test_a_streamed_named_call_comes_as_openai_streams_it(client):
+    for seed in range(20):
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=ASK,
+                tools=[WEATHER, TIME],
+                tool_choice=NAMED,
+                temperature=0.7,
+                seed=seed,
+                stream=True,
+            )
+        )
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        assert not any(d.content for d in deltas), "call markup reached content"
+        parts = [p for d in deltas if d.tool_calls for p in d.tool_calls]
+        first, *rest = parts
+        assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
+        assert first.function.name == "get_weather" and first.function.arguments == ""
+        assert rest and all(p.id is None and p.function.name is None for p in rest)
+        _valid_weather_call("get_weather", "".join(p.function.arguments for p in rest))
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+            "tool_calls"
+        ]
+
+
+def test_required_calls_one_of_the_tools_with_valid_arguments(client):
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+    for seed in range(5):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0.7,
+            seed=seed,
+        )
+        calls = reply.choices[0].message.tool_calls
+        assert calls and reply.choices[0].finish_reason == "tool_calls"
+        for call in calls:
+            jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+
+
+def test_a_tool_result_fed_back_yields_a_text_answer(client):
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=NAMED, temperature=0
+    ).choices[0]
+    call = first.message.tool_calls[0]
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "sunny"}'},
+    ]
+    reply = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], temperature=0, max_tokens=80)
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("stop", "length") and not choice.message.tool_calls
+    assert len(choice.message.content.split()) >= 3
+
+
+def test_tool_choice_none_never_yields_a_call(client):
+    for seed in range(5):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="none", temperature=0.7, seed=seed, max_tokens=60
+        )
+        choice = reply.choices[0]
+        assert choice.message.tool_calls is None and choice.finish_reason in ("stop", "length")
+        assert choice.message.content
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "fragment"),
+    [
+        ({"tools": [{"type": "retrieval"}]}, "tools", "tools[0].type must be 'function'"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "nope",
+        ),
+        (
+            {"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
+            "messages",
+            "cannot be combined with tools",
+        ),
+    ],
+)
+def test_bad_tool_requests_are_a_400_naming_the_field(client, extra, param, fragment):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=ASK, **extra)
+    assert fragment in info.value.message
+    assert info.value.body["param"] == param
+
+
+def test_the_ollama_client_gets_calls_with_arguments_as_objects(server):
+    client = ollama.Client(host=server.url)
+    reply = client.chat(model=MODEL, messages=ASK, tools=[WEATHER], options={"temperature": 0})
+    calls = reply.message.tool_calls or []
+    for call in calls:  # auto: this model may answer in text; any call it makes is constrained once it begins
+        assert call.function.name == "get_weather" and isinstance(call.function.arguments, dict)
+        jsonschema.validate(call.function.arguments, WEATHER["function"]["parameters"])
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "tool_name": "get_weather", "content": '{"temperature": 21}'},
+    ]
+    answer = client.chat(model=MODEL, messages=history, options={"temperature": 0, "num_predict": 60})
+    assert answer.message.content and not answer.message.tool_calls
+    streamed = list(
+        client.chat(model=MODEL, messages=history, options={"temperature": 0, "num_predict": 60}, stream=True)
+    )
+    assert "".join(c.message.content for c in streamed).strip() and not any(c.message.tool_calls for c in streamed)
+    assert streamed[-1].done
+
+
+def test_the_python_api_streams_tool_call_events(model):
+    events = list(
+        model.stream_chat(ASK, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False, temperature=0)
+    )
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert len(calls) == 1 and calls[0].index == 0
+    _valid_weather_call(calls[0].name, calls[0].arguments)
+    assert not "".join(e.text for e in events if isinstance(e, TextDelta)).strip()
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason == "tool_calls" and done.usage.completion_tokens > 3
+
+
+def test_streamed_text_keeps_control_tokens_as_the_ids_decode(model):
+    """Tool markup is made of control tokens (`<|tool_call|>`), so the stream must keep them: generating past
+    the end of turn, the streamed text is exactly what the generated ids decode to, `<|im_end|>` included."""
+    events = list(model.stream("Say hi.", temperature=0, max_tokens=40, ignore_eos=True))
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert "<|im_end|>" in model.detokenize(events[-1].token_ids)
+    assert text == model.detokenize(events[-1].token_ids)
