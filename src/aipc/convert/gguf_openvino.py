@@ -22,9 +22,11 @@ import shutil
 import time
 from pathlib import Path
 
+from aipc.convert.isolated import run_isolated
 from aipc.convert.sources import sha256
 from aipc.errors import ConversionError
 from aipc.store import paths
+from aipc.store.gguf_header import check
 from aipc.store.publish import staged
 
 VARIANTS = ("compressed", "npu")
@@ -35,12 +37,15 @@ def ir_for_gguf(gguf: Path, variant: str = "compressed") -> Path:
     """The IR folder for `gguf`, converting it once and caching it under the store."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check(gguf)  # never hand OpenVINO's reader a damaged file (cached: resolve checked it already)
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     target = paths.home() / "cache" / "gguf-openvino" / f"{gguf.stem}-{key}-{variant}"
     with staged(target) as tmp:
         if tmp is not None:
-            _convert(gguf, tmp, fold_weights=variant == "npu")
+            # In a child process: a native crash on a file the check missed is one error line.
+            who, doing = "OpenVINO's GGUF reader", f"reading {gguf.name}"
+            run_isolated(_convert, gguf, tmp, fold_weights=variant == "npu", who=who, doing=doing)
     return target
 
 
