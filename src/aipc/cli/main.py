@@ -149,6 +149,15 @@ def _add_model_commands(sub) -> None:
     rm.add_argument("names", nargs="+", metavar="NAME[@VARIANT]")
     rm.set_defaults(handler="aipc.cli.models:rm_command")
 
+    prune = sub.add_parser(
+        "prune",
+        help="free what killed or crashed conversions left in the store (staging and scratch folders)",
+        description="Remove staging folders, scratch folders and cut-short removals that no running aipc "
+        "holds (each is checked by its lock, not its age). Every store write also does this quietly.",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only show what would be freed, and how much")
+    prune.set_defaults(handler="aipc.cli.models:prune_command")
+
 
 def _add_eval(sub) -> None:
     """eval: quality measured, teacher-forced, against the fp32 reference."""
@@ -199,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aipc").propagate = False
     module, func = args.handler.split(":")
     try:
+        if args.command not in ("devices", "doctor"):  # those diagnose; every other command uses the store
+            from aipc.store import paths
+
+            paths.home()  # an AIPC_HOME that cannot be a store is one line before any work
         return getattr(importlib.import_module(module), func)(args)
     except AipcError as exc:
         print(f"aipc: error: {exc}", file=sys.stderr)
@@ -208,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `aipc run ... | head`: the reader left
         return 0
+    except OSError as exc:  # what no check foresaw (a disk that vanished, a file changed meanwhile): one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"aipc: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def _version() -> str:

@@ -38,9 +38,10 @@ def pull_command(args: argparse.Namespace) -> int:
         return 0
     device = _best_openvino_device(args.device)
     if device != "npu" and entry.openvino_repo:
-        from aipc.store import hub
+        from aipc.store import hub, paths
 
-        variant = hub.fetch_openvino(entry)
+        with store.disk_full_is_one_line(f"pulling {entry.name}", paths.home()):
+            variant = hub.fetch_openvino(entry)
     else:
         from aipc.convert.api import convert
 
@@ -59,12 +60,18 @@ def _best_openvino_device(wanted: str) -> str:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    variants = store.list_variants()
+    everything = store.list_variants(damaged=True)
+    variants = [v for v in everything if not v.problem]
+    damaged = [v for v in everything if v.problem]
     if args.json:
-        print(json.dumps([_summary(v) for v in variants], indent=2))
+        print(json.dumps([_summary(v) for v in everything], indent=2))
         return 0
-    if not variants:
+    if not everything:
         print("No models in the store yet: try `aipc convert` or `aipc pull` (the embedded smollm2:135m needs none).")
+        return 0
+    for v in damaged:
+        print(f"damaged: {v.ref}: {v.problem} (remove it with `aipc rm {v.ref}`)")
+    if not variants:
         return 0
     rows = [("NAME", "VARIANT", "BACKEND", "PRECISION", "TARGET", "SIZE", "CREATED")]
     for v in variants:
@@ -79,11 +86,16 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
-    variants = store.get(args.name)
+    variants = store.get(args.name, damaged=True)
     if args.json:
-        print(json.dumps([{**v.manifest, "path": str(v.path)} for v in variants], indent=2))
+        print(
+            json.dumps([{**v.manifest, "path": str(v.path), "damaged": v.problem or None} for v in variants], indent=2)
+        )
         return 0
     for v in variants:
+        if v.problem:
+            print(f"{v.ref}\n  DAMAGED     {v.problem}\n  path        {v.path}\n  remove it   aipc rm {v.ref}")
+            continue
         m = v.manifest
         source = m.get("source", {})
         src = source.get("repo") or source.get("path") or source.get("name") or source.get("shape") or "?"
@@ -111,15 +123,29 @@ def show_command(args: argparse.Namespace) -> int:
 
 def rm_command(args: argparse.Namespace) -> int:
     for ref in args.names:
-        store.get(ref)  # every name is checked before anything is removed
+        store.get(ref, damaged=True)  # every name is checked before anything is removed
     for ref in args.names:
         for v in store.remove(ref):
             print(f"removed {v.ref}")
     return 0
 
 
+def prune_command(args: argparse.Namespace) -> int:
+    from aipc.store import prune
+
+    items = prune.prune(dry_run=args.dry_run)
+    verb = "would free" if args.dry_run else "freed"
+    for item in items:
+        print(f"{verb} {_size(item.bytes):>9}  {item.path}  ({item.why})")
+    total = sum(i.bytes for i in items)
+    print(f"{verb} {_size(total)} in {len(items)} item(s)" if items else "nothing to free: no litter in the store")
+    return 0
+
+
 def _summary(v: store.Variant) -> dict:
     m = v.manifest
+    if v.problem:
+        return {"name": v.name, "variant": v.variant, "ref": v.ref, "damaged": v.problem, "path": str(v.path)}
     return {
         "name": v.name,
         "variant": v.variant,
