@@ -18,7 +18,9 @@ def command(args: argparse.Namespace) -> int:
     model_name = args.model
     if model_name is None and words and looks_like_model(words[0]):
         model_name = words.pop(0)
-    prompt = " ".join(words) or None
+    prompt = _checked_text(" ".join(words), "the prompt on the command line") or None
+    if args.system is not None:
+        _checked_text(args.system, "--system")
     # Validate every option before the (slow) load, so mistakes answer at once.
     options = generation_options(args)
     GenerationConfig().updated(**options)
@@ -26,7 +28,7 @@ def command(args: argparse.Namespace) -> int:
 
     interactive = prompt is None and (args.interactive or sys.stdin.isatty())
     if prompt is None and not interactive:
-        prompt = sys.stdin.read().strip()
+        prompt = _checked_text(sys.stdin.buffer.read(), "the prompt on stdin").strip()
         if not prompt:
             from aipc.errors import UsageError
 
@@ -45,6 +47,27 @@ def command(args: argparse.Namespace) -> int:
         if args.verbose and done is not None:
             print(stats_line(done, model.load_seconds), file=sys.stderr)
     return 0
+
+
+def _checked_text(text: str | bytes, where: str) -> str:
+    """`text` as a str, or one line naming where it was not UTF-8. Bytes (stdin) are decoded strictly; a str
+    from argv carries undecodable bytes as lone surrogates (Python's surrogateescape), which no tokenizer
+    can encode."""
+    from aipc.errors import UsageError
+
+    if isinstance(text, bytes):
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"{where} is not UTF-8 text (byte 0x{text[exc.start]:02x} at offset {exc.start}): "
+                "send UTF-8 (iconv -t UTF-8 converts other encodings)"
+            ) from None
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            byte = f"byte 0x{ord(ch) - 0xDC00:02x}" if ch >= "\udc80" else f"U+{ord(ch):04X}"
+            raise UsageError(f"{where} is not UTF-8 text ({byte} at character {i}): pass UTF-8 text")
+    return text
 
 
 def generation_options(args: argparse.Namespace) -> dict:
