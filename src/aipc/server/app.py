@@ -30,6 +30,7 @@ from aipc import __version__
 from aipc.engine.events import Done, TextDelta
 from aipc.errors import AipcError, GenerationError, InvalidConfigError
 from aipc.server import errors, protocol
+from aipc.server.body import read_json_body
 from aipc.server.errors import APIError, ClientGone, json_bytes, sse_error, to_api_error
 from aipc.server.scheduler import EventPump, Slots, unless_disconnected, wait_disconnect
 from aipc.server.security import Guard, allowed_host_names
@@ -251,7 +252,7 @@ class _Prepared:
 
 async def _complete(state: ServerState, request: Request, *, chat: bool) -> Response:
     model = state.check_ready()
-    data = await _read_json(request)
+    data = await read_json_body(request)
     body = protocol.parse(protocol.ChatRequest if chat else protocol.CompletionRequest, data)
     body.check_supported()
     if body.model is not None and body.model not in state.names():
@@ -276,7 +277,7 @@ async def _complete(state: ServerState, request: Request, *, chat: bool) -> Resp
         first = await _or_gone(request, pump.__anext__(), on_gone=pump.stop, on_error=pump.stop)
     except GenerationError as exc:
         if "json_schema" in prepared.options:  # what the runtime refuses before the first token: the grammar
-            message = f"the JSON schema in response_format could not be used: {exc}"
+            message = f"the JSON schema in response_format could not be used: {without_build_paths(str(exc))}"
             raise APIError(400, message, param="response_format", code="invalid_value") from None
         raise
     if first is None:
@@ -310,13 +311,17 @@ async def _or_gone(
         raise
 
 
-async def _read_json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        where = f": {exc}" if raw.strip() else ": the body is empty"
-        raise APIError(400, f"the request body is not valid JSON{where}", code="invalid_json") from None
+# What a runtime's error text carries besides the reason: a log timestamp, the source file it was built from
+# ("/home/jenkins/.../json_schema_converter.cc:898:"), "Exception from src/...cpp:12:". None of it is the user's.
+_BUILD_NOISE = re.compile(
+    r"\[\d\d:\d\d:\d\d\]\s*|(?:Exception from )?(?:[A-Za-z]:)?[\w.+~-]*(?:[/\\][\w.+~-]+)+"
+    r"\.(?:cpp|cxx|cc|c|hpp|hh|h|py|rs)\b(?::\d+)*:?\s*"
+)
+
+
+def without_build_paths(text: str) -> str:
+    """A runtime's error reduced to its reason: what the user sent and what is valid, not where it was built."""
+    return " ".join(_BUILD_NOISE.sub("", text).split())
 
 
 def _options(model: Any, body: Any, max_tokens: int | None, extra: dict[str, Any]) -> tuple[dict[str, Any], Any]:
