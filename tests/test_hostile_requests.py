@@ -1,6 +1,7 @@
 """Hostile request bodies against a real server on the embedded model: text that is not Unicode (a lone
-surrogate in any string) and deeply nested JSON are a 400 naming the field, never a 500; a runtime's error
-about a JSON schema reaches the client without the runtime's build paths."""
+surrogate in any string) and deeply nested JSON are a 400 naming the field, never a 500, on the OpenAI and
+the Ollama routes alike; a runtime's error about a JSON schema reaches the client without the runtime's build
+paths."""
 
 from __future__ import annotations
 
@@ -106,6 +107,36 @@ def test_a_refused_json_schema_does_not_leak_the_runtimes_build_paths(http):
     for leak in ("/home/", "jenkins", ".cc", ".cpp", "src/", "_deps"):
         assert leak not in message, message
     assert not re.search(r"\[\d\d:\d\d:\d\d\]", message), message  # the runtime's log timestamp
+
+
+# The same checks reach Ollama's routes: every dialect reads its body through core.read_json.
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "/api/chat",
+            {"model": "smollm2", "messages": [{"role": "user", "content": f"a{LONE}"}]},
+            "messages[0].content",
+        ),
+        ("/api/chat", {"model": f"smol{LONE}", "messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ("/api/generate", {"model": "smollm2", "prompt": f"Once{LONE}", "stream": False}, "prompt"),
+        ("/api/generate", {"model": "smollm2", "prompt": "hi", "options": {"stop": [LONE]}}, "options.stop[0]"),
+        ("/api/show", {"model": f"{LONE}"}, "model"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_on_ollamas_routes_too(http, path, body, param):
+    r = post(http, path, body)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]  # Ollama's error shape: one string
+    assert f"'{param}'" in message and "lone surrogate (\\ud800)" in message, message
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_deeply_nested_json_is_a_400_on_ollamas_routes_too(http, path):
+    raw = b'{"model": "smollm2", "prompt": "hi", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = http.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text[:300]
+    assert "levels deep" in r.json()["error"]
 
 
 def test_the_server_still_answers_after_all_that(http):

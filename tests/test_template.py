@@ -57,3 +57,64 @@ def test_validate_messages(messages, fragment):
     with pytest.raises(UsageError) as info:
         template.validate_messages(messages)
     assert fragment in str(info.value)
+
+
+# --- resource limits: templates come from model files, so they are bounded in time and size -------------------
+@pytest.mark.parametrize(
+    ("evil", "fragment"),
+    [
+        ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "to render"),
+        (  # nested loops over one value: no call, no attribute access, only template lines
+            "{% set r = range(100000) %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}",
+            "to render",
+        ),
+        ("{{ 'x' * 4000000000 }}", "multiplied"),
+        ("{{ ['x'] * 4000000000 }}", "multiplied"),
+        ("{{ 'x'.center(4000000000) }}", "size"),
+        ("{{ 'x'|center(4000000000) }}", "size"),
+        ("{{ '%4000000000s' % 'x' }}", "wide"),
+        ("{{ '{:>4000000000}'.format('x') }}", "wide"),
+        ("{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", ""),
+        ("{{ ('x' * 3000000).replace('', 'yy') }}", "string"),
+        ("{{ range(100000)|join('x' * 1000) }}", "string"),
+        ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "rendered more"),
+        ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursed"),
+        ("{{ 10 ** 100000000 }}", "power"),
+        ("{{ ((10 ** 200) ** 200) ** 200 }}", "power"),
+    ],
+)
+def test_template_bombs_are_stopped_quickly_with_one_line(evil, fragment):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(UsageError) as info:
+        template.render(evil, [{"role": "user", "content": "x"}])
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert "chat template" in message and "\n" not in message
+    assert fragment in message
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_ordinary_templates_render_within_the_limits():
+    tpl = "{% for m in messages %}{{ m['role'] ~ ': ' ~ m['content'] | trim }}\n{% endfor %}{{ 'x' * 10 }}"
+    messages = [{"role": "user", "content": "hello " * 10000}] * 50
+    text = template.render(tpl, messages)
+    assert text.endswith("x" * 10) and text.count("user: ") == 50
+
+
+def test_tools_reach_the_template_as_transformers_passes_them():
+    tpl = "{% if tools is none %}none{% else %}{% for t in tools %}{{ t.function.name }}{% endfor %}{% endif %}"
+    messages = [{"role": "user", "content": "x"}]
+    assert template.render(tpl, messages) == "none"
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    assert template.render(tpl, messages, tools=tools) == "get_weather"
+    assert template.render("{{ tools | tojson(indent=2, sort_keys=True) }}", messages, tools=[{"b": 1, "a": "é"}]) == (
+        '[\n  {\n    "a": "é",\n    "b": 1\n  }\n]'
+    )
+
+
+def test_a_template_failing_in_python_is_a_one_line_usage_error():
+    with pytest.raises(UsageError) as info:
+        template.render("{{ 'x' + messages[0]['content'] }}", [{"role": "assistant", "content": None}])
+    assert "chat template failed to render: TypeError" in str(info.value) and "\n" not in str(info.value)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import queue
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter as _now
 from typing import Protocol
@@ -39,6 +40,11 @@ class ModelInfo:
     context_length: int | None = None  # prompt + answer tokens the model (or pipeline) holds, when known
     # How many generations may run at once (the server sizes its slots from it); 1 for a single pipeline.
     parallel: int = 1
+    # Strings the tokenizer turns into control tokens wherever they appear in text (`<|im_end|>`, `<|user|>`):
+    # the engine keeps message content from producing them (see `aipc.engine.prompt`).
+    special_tokens: frozenset[str] = frozenset()
+    # The stored variant that was opened (`smollm2:135m@openvino-int8`), or the name for files outside the store.
+    ref: str = ""
 
 
 class Backend(Protocol):
@@ -47,13 +53,18 @@ class Backend(Protocol):
     info: ModelInfo
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text`, adding no special tokens (chat templates write their own)."""
+        """Token ids of `text`, adding no BOS/EOS (chat templates write their own); control-token strings in
+        `text` become control tokens (the engine escapes them in message content before it gets here)."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, control tokens included as their strings."""
         ...
 
     def generate(
-        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+        self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        """Stream the continuation of an already formatted prompt; the last item is `Finished`."""
+        """Stream the continuation of the prompt's token ids; the last item is `Finished`."""
         ...
 
     def close(self) -> None: ...
@@ -118,6 +129,53 @@ def end_of_turn_ids(encode: Callable[[str], list[int]], decode: Callable[[list[i
         if len(enc) == 1 and decode(enc) == text:
             ids.add(int(enc[0]))
     return ids
+
+
+# What a control token looks like: `<|im_end|>`, `<s>`, `</s>`, `<end_of_turn>`, `[INST]`. Vocabularies also hold
+# added tokens that are ordinary text (whitespace runs, words); those cannot forge a turn and are left alone.
+_MARKUP = re.compile(r"^(<[^<>\s]{1,64}>|\[/?[A-Z_]{2,32}\])$")
+
+
+def markup_tokens(strings) -> frozenset[str]:
+    """The strings among `strings` that look like control-token markup."""
+    return frozenset(s for s in strings if isinstance(s, str) and _MARKUP.match(s))
+
+
+def folder_special_tokens(folder) -> frozenset[str] | None:
+    """The added tokens a Hugging Face-style folder's tokenizer.json declares (its tokenizer matches them as
+    whole tokens anywhere in text), or None when the folder has no tokenizer.json."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return markup_tokens(t.get("content") for t in added if isinstance(t, dict))
+
+
+def vocab_special_tokens(
+    vocab: dict, encode: Callable[[str], list[int]], decode_plain: Callable[[list[int]], str]
+) -> frozenset[str]:
+    """Control tokens found in a vocabulary: markup-shaped entries that the tokenizer matches as one token and
+    that decoding without special tokens drops."""
+    found = set()
+    texts = {}
+    for key, ident in vocab.items():  # OpenVINO's vocabulary is keyed by bytes
+        if isinstance(key, bytes):
+            try:
+                key = key.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+        texts[key] = int(ident)
+    for text in markup_tokens(texts):
+        ident = texts[text]
+        if encode(text) == [ident] and decode_plain([ident]) == "":
+            found.add(text)
+    return frozenset(found)
 
 
 def folder_chat_template(folder) -> str | None:

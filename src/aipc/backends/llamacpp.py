@@ -9,14 +9,21 @@ from __future__ import annotations
 import codecs
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter as _now
 
 import llama_cpp
 import numpy as np
 
-from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, fit_to_context, refuse_unsupported
+from aipc.backends.base import (
+    DeviceInfo,
+    ModelInfo,
+    end_of_turn_ids,
+    fit_to_context,
+    markup_tokens,
+    refuse_unsupported,
+)
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import UsageError
@@ -50,6 +57,12 @@ class LlamaCppModel:
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
         self._stop_ids = end_of_turn_ids(self.tokenize, self._decode_special)
         meta = self._llm.metadata
+        kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        specials = markup_tokens(
+            self._decode_special([i])
+            for i in range(self._llm.n_vocab())
+            if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
+        )
         self.info = ModelInfo(
             name=source.name,
             backend="llamacpp",
@@ -60,6 +73,8 @@ class LlamaCppModel:
             eos_token=self._decode_special([self._llm.token_eos()]),
             max_prompt_tokens=self._ctx - 1,
             context_length=self._ctx,
+            special_tokens=specials,
+            ref=source.ref,
         )
 
     @staticmethod
@@ -81,11 +96,14 @@ class LlamaCppModel:
     def tokenize(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    def detokenize(self, ids) -> str:
+        return self._decode_special([int(i) for i in ids])
+
     def generate(
-        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+        self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
         refuse_unsupported(config, "llamacpp")
-        ids = self.tokenize(prompt)
+        ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
         if config.seed is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from time import perf_counter as _now
 
 import numpy as np
@@ -17,6 +17,7 @@ from aipc.backends.base import (
     end_of_turn_ids,
     fit_to_context,
     folder_chat_template,
+    folder_special_tokens,
     refuse_unsupported,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
@@ -58,6 +59,7 @@ class OnnxRuntimeModel:
             raise UsageError(f"ONNX Runtime GenAI could not load {source.name} on {device.name}: {exc}") from None
         self._tok = og.Tokenizer(self._model)
         self._generator: og.Generator | None = None
+        self._special_ids: dict[int, str] | None = None
         self._cached: tuple[tuple, list[int]] | None = None  # (search options, token ids in the KV cache)
         eos = genai["model"].get("eos_token_id", [])
         self._stop_ids = set(eos if isinstance(eos, list) else [eos]) | end_of_turn_ids(
@@ -74,16 +76,36 @@ class OnnxRuntimeModel:
             eos_token=self._tok.decode([eos[0] if isinstance(eos, list) else eos]) if eos else "",
             max_prompt_tokens=self._context - 1,
             context_length=self._context,
+            special_tokens=folder_special_tokens(source.path) or frozenset(),
+            ref=source.ref,
         )
 
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self._tok.encode(text)]
 
+    def detokenize(self, ids) -> str:
+        """Text with control tokens as their strings: the tokenizer's decode drops them (whatever its options
+        say, for SentencePiece vocabularies), so they are written here and the text between is decoded."""
+        if self._special_ids is None:
+            self._special_ids = {self._tok.to_token_id(s): s for s in self.info.special_tokens}
+        out, run = [], []
+        for token in (int(i) for i in ids):
+            if token in self._special_ids:
+                if run:
+                    out.append(self._tok.decode(np.asarray(run, dtype=np.int32)))
+                    run = []
+                out.append(self._special_ids[token])
+            else:
+                run.append(token)
+        if run:
+            out.append(self._tok.decode(np.asarray(run, dtype=np.int32)))
+        return "".join(out)
+
     def generate(
-        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+        self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
         refuse_unsupported(config, "onnxruntime")
-        ids = self._tok.encode(prompt)
+        ids = np.asarray(list(prompt), dtype=np.int32)
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         generator, reused = self._generator_for(list(ids), config)

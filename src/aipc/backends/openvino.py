@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter as _now
 from typing import TYPE_CHECKING
 
 import openvino_genai as ov_genai
 
-from aipc.backends.base import DeviceInfo, ModelInfo, end_of_turn_ids, stream_from_callback
+from aipc.backends.base import (
+    DeviceInfo,
+    ModelInfo,
+    end_of_turn_ids,
+    folder_special_tokens,
+    stream_from_callback,
+    vocab_special_tokens,
+)
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import ContextLengthError, GenerationError, UsageError
@@ -29,6 +36,9 @@ if TYPE_CHECKING:
 
 EMULATE_NPU_ENV = "AIPC_EMULATE_NPU"
 NPU_PREFILL_CHUNK = 256
+# Texts up to this many characters are tokenized whole: fewer than the 8192 tokens the tokenizer keeps, even at
+# four tokens per character (byte-level tokens of characters outside the vocabulary).
+_TOKENIZE_CHARS = 2000
 _FINISH = {
     ov_genai.GenerationFinishReason.STOP: "stop",
     ov_genai.GenerationFinishReason.LENGTH: "length",
@@ -39,9 +49,18 @@ def npu_emulation_enabled() -> bool:
     return os.environ.get(EMULATE_NPU_ENV, "").lower() in ("1", "true", "yes", "on")
 
 
-def pipeline_properties(config: LoadConfig, device: DeviceInfo) -> dict[str, object]:
-    """The `LLMPipeline` properties aipc uses on `device` (the benchmark reuses them for its raw baseline)."""
-    props: dict[str, object] = {"CACHE_DIR": str(Path(config.cache_dir or paths.cache_dir("openvino")))}
+def pipeline_properties(config: LoadConfig, device: DeviceInfo, ir: Path | None = None) -> dict[str, object]:
+    """The `LLMPipeline` properties aipc uses on `device` (the benchmark reuses them for its raw baseline).
+
+    Compiled blobs go to a folder of their own per IR (`aipc.store.caches.compiled_dir`), so `aipc list` can
+    attribute them to their model and `aipc rm` / `aipc prune` can remove them."""
+    from aipc.store import caches
+
+    if config.cache_dir:
+        cache = Path(config.cache_dir)
+    else:
+        cache = caches.compiled_dir(ir) if ir is not None else paths.cache_dir("openvino")
+    props: dict[str, object] = {"CACHE_DIR": str(cache)}
     if device.name.startswith("npu"):
         props |= {
             "MAX_PROMPT_LEN": config.npu_max_prompt_len,
@@ -111,6 +130,8 @@ class OpenVINOModel:
             eos_token=self._tok.get_eos_token(),
             max_prompt_tokens=config.npu_max_prompt_len if is_npu else (context - 1 if context else None),
             context_length=context,
+            special_tokens=self._special_tokens(path),
+            ref=source.ref,
         )
         self._is_npu = is_npu
         self._ir = path
@@ -118,7 +139,7 @@ class OpenVINOModel:
         self._load_config = config
 
     def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
-        return ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device))
+        return ov_genai.LLMPipeline(str(path), device.runtime_name, **pipeline_properties(config, device, path))
 
     def _default_generation_config(self) -> ov_genai.GenerationConfig:
         return self._pipe.get_generation_config()
@@ -130,8 +151,28 @@ class OpenVINOModel:
             ids.add(eos)
         return ids | end_of_turn_ids(self.tokenize, lambda enc: self._tok.decode(enc, skip_special_tokens=False))
 
+    def _special_tokens(self, folder: Path) -> frozenset[str]:
+        found = folder_special_tokens(folder)
+        if found is not None:
+            return found
+        return vocab_special_tokens(
+            self._tok.get_vocab(), self.tokenize, lambda ids: self._tok.decode(ids, skip_special_tokens=True)
+        )
+
     def tokenize(self, text: str) -> list[int]:
+        if len(text) <= _TOKENIZE_CHARS:
+            return self._encode(text)
+        # The tokenizer graph truncates its output (8192 tokens for GGUF-derived tokenizers, whatever
+        # `truncation` says), so long texts are tokenized in pieces cut at word boundaries.
+        from aipc.engine.prompt import split_long, tokenize_continued
+
+        return tokenize_continued(split_long(text, _TOKENIZE_CHARS), self._encode)
+
+    def _encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
+
+    def detokenize(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def _config(self, cfg: GenerationConfig) -> ov_genai.GenerationConfig:
         gc = ov_genai.GenerationConfig()
@@ -154,10 +195,10 @@ class OpenVINOModel:
         return gc
 
     def generate(
-        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+        self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        inputs = self._tok.encode(prompt, add_special_tokens=False)
-        n_prompt = int(inputs.input_ids.get_shape()[1])
+        inputs = token_inputs(prompt)
+        n_prompt = len(prompt)
         limit = self.info.max_prompt_tokens
         if limit is not None and n_prompt > limit:
             where = (
@@ -191,7 +232,7 @@ class OpenVINOModel:
         self._pipe = self._open(self._ir, self._load_config, self._device)
         self._tok = self._pipe.get_tokenizer()
         cancel = threading.Event()
-        for _ in self.generate(self._tok.get_bos_token() or " ", GenerationConfig(max_tokens=1), cancel):
+        for _ in self.generate(self.tokenize(self._tok.get_bos_token() or " "), GenerationConfig(max_tokens=1), cancel):
             pass
 
     def scorer(self) -> OpenVINOScorer:
@@ -248,6 +289,15 @@ class OpenVINOScorer:
         if logits.shape[1] != n:
             raise GenerationError(f"OpenVINO returned logits for {logits.shape[1]} of {n} positions")
         return log_softmax(logits[0])
+
+
+def token_inputs(ids: Sequence[int]) -> ov_genai.TokenizedInputs:
+    """A prompt's token ids as the pipelines take them."""
+    import numpy as np
+    import openvino as ov
+
+    array = np.asarray([list(ids)], dtype=np.int64)
+    return ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
 
 
 def model_context_length(source: ModelSource, ir: Path) -> int | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from time import perf_counter as _now
@@ -25,7 +25,14 @@ from time import perf_counter as _now
 import openvino_genai as ov_genai
 
 from aipc.backends.base import DeviceInfo
-from aipc.backends.openvino import _FINISH, OpenVINOBackend, OpenVINOModel, _last_line, pipeline_properties
+from aipc.backends.openvino import (
+    _FINISH,
+    OpenVINOBackend,
+    OpenVINOModel,
+    _last_line,
+    pipeline_properties,
+    token_inputs,
+)
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import GenerationError
@@ -113,7 +120,7 @@ class OpenVINOBatchedModel(OpenVINOModel):
         scheduler.max_num_seqs = max(config.parallel, 1)
         # Chats resend their history every turn; cached prefixes make that prefill nearly free.
         scheduler.enable_prefix_caching = True
-        props = pipeline_properties(config, device)
+        props = pipeline_properties(config, device, path)
         props.pop("NUM_STREAMS", None)  # the batch, not the stream count, is the unit of parallelism here
         return ov_genai.ContinuousBatchingPipeline(str(path), scheduler, device.runtime_name, props)
 
@@ -124,11 +131,9 @@ class OpenVINOBatchedModel(OpenVINOModel):
     reset_cache = None
 
     def generate(
-        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+        self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        inputs = self._tok.encode(prompt, add_special_tokens=False)
-        n_prompt = int(inputs.input_ids.get_shape()[1])
-        return self._follow(_Request(inputs.input_ids, n_prompt, self._config(config), cancel))
+        return self._follow(_Request(token_inputs(prompt).input_ids, len(prompt), self._config(config), cancel))
 
     def _follow(self, request: _Request) -> Iterator[TextDelta | Finished]:
         with self._cond:

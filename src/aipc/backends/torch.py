@@ -7,7 +7,7 @@ faster backend can load the model, and loads safetensors only, without `trust_re
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from time import perf_counter as _now
 
 import numpy as np
@@ -21,6 +21,7 @@ from aipc.backends.base import (
     end_of_turn_ids,
     fit_to_context,
     folder_chat_template,
+    markup_tokens,
     refuse_unsupported,
     stream_from_callback,
 )
@@ -82,16 +83,21 @@ class TorchModel:
             eos_token=self._tok.eos_token or "",
             max_prompt_tokens=self._context - 1,
             context_length=self._context,
+            special_tokens=markup_tokens(str(t) for t in self._tok.added_tokens_decoder.values()),
+            ref=source.ref,
         )
 
     def tokenize(self, text: str) -> list[int]:
         return self._tok(text, add_special_tokens=False)["input_ids"]
 
+    def detokenize(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
     def generate(
-        self, prompt: str, config: GenerationConfig, cancel: threading.Event
+        self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
         refuse_unsupported(config, "torch")
-        ids = self.tokenize(prompt)
+        ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         kwargs: dict = {"min_new_tokens": max_tokens} if config.ignore_eos else {}

@@ -1,34 +1,27 @@
-"""`aipc devices` (what each backend can use here) and `aipc doctor` (what is missing for each path, and how
-to fix it)."""
+"""`aipc devices` (what each backend can use here) and `aipc doctor` (the front end of aipc.doctor: which
+link of each device's chain breaks, and how to fix it)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 from dataclasses import asdict
-from pathlib import Path
 
 from aipc.backends import registry
 from aipc.errors import BackendUnavailableError
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
 
 def cpu_description() -> dict:
-    """The CPU's model and the vector/matrix extensions that decide which kernels runtimes can use."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
+    """The CPU's model and the vector/matrix extensions that decide which kernels runtimes can use (read as
+    the doctor reads them: /proc/cpuinfo under AIPC_SYSROOT)."""
+    from aipc.doctor import cpu
+    from aipc.doctor.sysroot import SysRoot
+
+    info = cpu.read(SysRoot())
+    model = info.name or platform.processor() or platform.machine()
+    return {"model": model, "cores": os.cpu_count(), "flags": cpu.isa_flags(info)}
 
 
 def survey() -> dict:
@@ -96,55 +89,10 @@ def devices_command(args: argparse.Namespace) -> int:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    """One line per path: ok, or what is missing and the command or driver that fixes it."""
-    info = survey()
-    lines = []
-    for name, b in info["backends"].items():
-        kinds = {d["name"].split(".")[0] for d in b["devices"]}
-        if not b["installed"]:
-            lines.append(("missing", name, "all devices", b["reason"]))
-            continue
-        lines.append(("ok", name, "cpu", ", ".join(info["cpu"]["flags"]) or "generic x86 kernels"))
-        if name == "openvino":
-            lines.append(_path(kinds, "gpu", name, "install Intel's GPU driver (intel-opencl-icd / level-zero)"))
-            npu_fix = "install the Intel NPU driver (linux-npu-driver); AIPC_EMULATE_NPU=1 tests the path on the CPU"
-            if info["npu"].get("emulated"):
-                lines.append(
-                    ("ok", name, "npu", "emulated on the CPU (AIPC_EMULATE_NPU=1); a real NPU needs its driver")
-                )
-            else:
-                lines.append(_path(kinds, "npu", name, npu_fix))
-        elif name == "onnxruntime":
-            fix = "CUDA: pip install onnxruntime-genai-cuda; DirectML (Windows): pip install onnxruntime-genai-directml"
-            lines.append(_path(kinds, "gpu", name, fix))
-        elif name in ("llamacpp", "torch"):
-            lines.append(_path(kinds, "gpu", name, "a GPU build of the package (CUDA, Vulkan or SYCL)"))
-    converters = [m for m in ("optimum.intel", "onnxruntime_genai.models.builder", "gguf") if not _importable(m)]
-    from aipc.convert.targets import llama_cpp_dir
+    """The checks live in aipc.doctor; this prints them and returns 1 when the device asked for cannot work."""
+    from aipc.doctor import diagnose
+    from aipc.doctor.report import render
 
-    try:
-        llama_cpp_dir()
-        has_gguf_tool = True
-    except Exception:
-        has_gguf_tool = False
-    if converters or not has_gguf_tool:
-        missing = ", ".join(converters + ([] if has_gguf_tool else ["llama.cpp's convert_hf_to_gguf.py"]))
-        lines.append(("missing", "convert", "-", f"{missing}: run scripts/setup.sh convert"))
-    else:
-        lines.append(("ok", "convert", "-", "openvino, onnx and gguf exporters"))
-    for status, name, device, detail in lines:
-        print(f"{'✓' if status == 'ok' else '✗'} {name:<12} {device:<12} {detail}")
-    return 0
-
-
-def _path(kinds: set[str], kind: str, backend: str, fix: str) -> tuple[str, str, str, str]:
-    if kind in kinds:
-        return ("ok", backend, kind, "present")
-    return ("missing", backend, kind, f"no {kind.upper()} found: {fix}")
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+    report = diagnose(args.device)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render(report))
+    return report.exit_code

@@ -17,7 +17,7 @@ from typing import Any
 
 from aipc.convert import recipes, sources, targets
 from aipc.errors import UsageError
-from aipc.store import paths, publish, store
+from aipc.store import catalog, paths, publish, store
 
 TOOLS = {
     "openvino": ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "transformers", "torch"),
@@ -48,7 +48,7 @@ def convert(
     """Convert `source` and publish it as `name@<variant>`; an existing identical variant is reused."""
     precision, device_target = recipes.check_request(to, precision, device_target)
     if name is not None:
-        store.validate_name(name)
+        name = catalog.canonical(name) or store.validate_name(name)  # `--name phi3` stores phi3:mini
     if source.startswith("synthetic:"):
         return _synthetic(source.split(":", 1)[1], to, precision, name)
     with store.disk_full_is_one_line(f"converting {source}", paths.home()):

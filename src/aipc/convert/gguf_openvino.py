@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from aipc import progress
 from aipc.convert.isolated import run_isolated
 from aipc.convert.sources import sha256
 from aipc.errors import ConversionError
@@ -43,9 +44,11 @@ def ir_for_gguf(gguf: Path, variant: str = "compressed") -> Path:
     target = paths.home() / "cache" / "gguf-openvino" / f"{gguf.stem}-{key}-{variant}"
     with staged(target) as tmp:
         if tmp is not None:
-            # In a child process: a native crash on a file the check missed is one error line.
-            who, doing = "OpenVINO's GGUF reader", f"reading {gguf.name}"
-            run_isolated(_convert, gguf, tmp, fold_weights=variant == "npu", who=who, doing=doing)
+            what = "OpenVINO IR for the NPU" if variant == "npu" else "OpenVINO IR"
+            with progress.step(f"converting {gguf.name} to {what} (first run only)", keep=True):
+                # In a child process: a native crash on a file the check missed is one error line.
+                who, doing = "OpenVINO's GGUF reader", f"reading {gguf.name}"
+                run_isolated(_convert, gguf, tmp, fold_weights=variant == "npu", who=who, doing=doing)
     return target
 
 

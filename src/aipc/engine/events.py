@@ -47,6 +47,7 @@ class Done:
     backend: str
     device: str
     token_ids: tuple[int, ...] = ()  # the generated ids (end-of-turn token included), for parity and eval
+    model: str = ""  # what ran: `name@variant` for a stored variant, else the model's name
 
 
 @dataclass(frozen=True, slots=True)

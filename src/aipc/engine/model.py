@@ -14,7 +14,7 @@ from typing import Any
 
 from aipc.backends.base import Backend, ModelInfo
 from aipc.backends.scoring import Scorer
-from aipc.engine import template
+from aipc.engine import prompt, template
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
 from aipc.errors import AipcError, ContextLengthError, ConversionError, GenerationError, UsageError
@@ -31,10 +31,19 @@ class Model:
         defaults: GenerationConfig,
         load_seconds: float,
         fallback: Callable[[], Backend | None] | None = None,
+        *,
+        template: str | None = None,
+        system: str | None = None,
+        context_length: int | None = None,
     ) -> None:
         self._backend = backend
         self.defaults = defaults
         self.load_seconds = load_seconds
+        # A created model's own settings (`aipc create`): a chat template used instead of the model's, a system
+        # prompt for requests that bring none, and a lower cap on prompt + answer tokens.
+        self.template = template
+        self.system = system
+        self.context_length = context_length
         self._fallback = fallback  # opens the model off the NPU when a prompt is over the NPU pipeline's limit
         self._alternative: Backend | None = None
 
@@ -42,37 +51,75 @@ class Model:
     def info(self) -> ModelInfo:
         return self._backend.info
 
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template prompts are rendered with: a created model's own, else the model's."""
+        return self.template or self.info.chat_template
+
     # --- prompts -------------------------------------------------------------------------------------
     def format(self, messages: Sequence[dict[str, Any]]) -> str:
         """The prompt text the model sees for `messages`, rendered with its own chat template."""
-        info = self._backend.info
-        return template.render(
-            info.chat_template,
-            template.validate_messages(messages),
-            bos_token=info.bos_token,
-            eos_token=info.eos_token,
-        )
+        return self._render(self._backend, self._prepared(messages))
+
+    def encode(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """The prompt's token ids for `messages`: the template's markup may hold control tokens, message
+        content never does (typed `<|im_end|>` stays text; see `aipc.engine.prompt`)."""
+        return self._encode_chat(self._backend, self._prepared(messages))
 
     def tokenize(self, text: str) -> list[int]:
+        """Token ids of raw text (control-token strings in it become control tokens, as in a raw prompt)."""
         return self._backend.tokenize(text)
 
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._backend.detokenize(ids)
+
+    def _prepared(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Validated messages, led by the model's own system prompt when they bring none."""
+        clean = template.validate_messages(messages)
+        if self.system and not any(m["role"] == "system" for m in clean):
+            clean.insert(0, {"role": "system", "content": self.system})
+        return clean
+
+    def _render(self, backend: Backend, messages: list[dict[str, Any]]) -> str:
+        info = backend.info
+        source = self.template or info.chat_template
+        return template.render(source, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+
+    def _encode_chat(self, backend: Backend, messages: list[dict[str, Any]]) -> list[int]:
+        escaped, changed = prompt.escape_messages(messages, backend.info.special_tokens)
+        text = self._render(backend, escaped)
+        return prompt.tokenize_pieces(text, backend.tokenize) if changed else backend.tokenize(text)
+
     # --- generation ----------------------------------------------------------------------------------
-    def stream(self, prompt: str, *, system: str | None = None, raw: bool = False, **options: Any) -> Iterator[Event]:
+    def stream(
+        self, prompt: str | Sequence[int], *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> Iterator[Event]:
         """Stream the answer to one user prompt: `TextDelta`s, then one `Done`.
 
-        `raw=True` sends `prompt` as is, without the chat template.
+        `raw=True` sends `prompt` as is, without the chat template: text (control-token strings in it are
+        control tokens) or token ids.
         """
         if raw:
-            return self._run(prompt, self.defaults.updated(**options))
+            config = self.defaults.updated(**options)
+            if isinstance(prompt, str):
+                return self._run(lambda backend: backend.tokenize(prompt), config)
+            ids = [int(i) for i in prompt]
+            return self._run(lambda backend: ids, config)
+        if not isinstance(prompt, str):
+            raise UsageError("a prompt of token ids needs raw=True (the chat template takes text)")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return self.stream_chat(messages, **options)
 
     def stream_chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> Iterator[Event]:
         """Stream the assistant's next turn for OpenAI-style `messages`."""
         config = self.defaults.updated(**options)  # validate before any work
-        return self._run(self.format(messages), config)
+        clean = self._prepared(messages)
+        ids = self._encode_chat(self._backend, clean)  # template errors surface here, before the stream starts
+        return self._run(lambda backend: ids if backend is self._backend else self._encode_chat(backend, clean), config)
 
-    def generate(self, prompt: str, *, system: str | None = None, raw: bool = False, **options: Any) -> str:
+    def generate(
+        self, prompt: str | Sequence[int], *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> str:
         """The whole answer to one user prompt."""
         return _join(self.stream(prompt, system=system, raw=raw, **options))
 
@@ -80,7 +127,7 @@ class Model:
         """The assistant's next turn for OpenAI-style `messages`, as text."""
         return _join(self.stream_chat(messages, **options))
 
-    def _run(self, prompt: str, config: GenerationConfig) -> Iterator[Event]:
+    def _run(self, encode: Callable[[Backend], list[int]], config: GenerationConfig) -> Iterator[Event]:
         cancel = threading.Event()
         start = time.perf_counter()
         first: float | None = None
@@ -88,11 +135,12 @@ class Model:
         stopper = _StopMatcher(config.stop) if config.stop else None
         stopped = False
         backend = self._backend
+        ids, config = self._capped(encode(backend), config)
         try:
-            items = backend.generate(prompt, config, cancel)
+            items = backend.generate(ids, config, cancel)
         except ContextLengthError as exc:
             backend = self._route_off_npu(exc)
-            items = backend.generate(prompt, config, cancel)
+            items = backend.generate(*self._capped(encode(backend), config), cancel)
         try:
             for item in items:
                 if isinstance(item, Finished):
@@ -127,7 +175,20 @@ class Model:
             backend=info.backend,
             device=info.device,
             token_ids=finished.token_ids,
+            model=info.ref or info.name,
         )
+
+    def _capped(self, ids: list[int], config: GenerationConfig) -> tuple[list[int], GenerationConfig]:
+        """A created model's context cap (`PARAMETER num_ctx`): the prompt must fit, the answer fills the rest."""
+        if self.context_length is None:
+            return ids, config
+        if len(ids) >= self.context_length:
+            raise ContextLengthError(
+                f"the prompt has {len(ids)} tokens; this model's context is {self.context_length} tokens (num_ctx)",
+                limit=self.context_length - 1,
+                requested=len(ids),
+            )
+        return ids, config.updated(max_tokens=min(config.max_tokens, self.context_length - len(ids)))
 
     def _route_off_npu(self, exc: ContextLengthError) -> Backend:
         """A prompt over the NPU pipeline's MAX_PROMPT_LEN goes to the next device instead of failing."""
@@ -244,7 +305,15 @@ def load(
             except AipcError:
                 return None
 
-    return Model(opened, defaults, time.perf_counter() - started, fallback)
+    return Model(
+        opened,
+        defaults,
+        time.perf_counter() - started,
+        fallback,
+        template=source.template,
+        system=source.system,
+        context_length=source.context_length,
+    )
 
 
 def _open_first(choices, config: LoadConfig) -> tuple[Backend, Any]:

@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from aipc.engine import sandbox
 from aipc.errors import UsageError
 
 ROLES = ("system", "user", "assistant")
@@ -44,20 +45,26 @@ def _raise(message: str) -> None:
 
 @lru_cache(maxsize=8)
 def _compile(source: str):
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    # The same settings as transformers' apply_chat_template, so prompts match the reference byte for byte.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    # The same settings as transformers' apply_chat_template, so prompts match the reference byte for byte, in a
+    # sandbox bounded in time and size (templates come from model files).
+    env = sandbox.bounded_environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.filters["tojson"] = _tojson
-    return env.from_string(source)
+    env.filters["tojson"] = sandbox._guard_filter(_tojson)
+    return sandbox.compile_template(env, source)
 
 
-def _tojson(value: Any, indent: int | None = None) -> str:
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # transformers' signature: templates call `tojson(indent=4)`, `tojson(ensure_ascii=False)` and the like.
     import json
 
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def validate_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -83,18 +90,30 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """The prompt text for `messages`, ending with the assistant's turn opener."""
+    """The prompt text for `messages`, ending with the assistant's turn opener.
+
+    `tools` (OpenAI's `{"type": "function", "function": {...}}` objects) is passed to the template as
+    transformers' `apply_chat_template(messages, tools=...)` passes it: None when there are none, so templates
+    that test `tools is defined` or `if tools` see what they see there. `aipc.engine.tools` decides what to pass.
+    """
     from jinja2 import TemplateError as JinjaError
 
     try:
-        return _compile(template or FALLBACK_TEMPLATE).render(
+        return sandbox.render(
+            _compile(template or FALLBACK_TEMPLATE),
             messages=list(messages),
             bos_token=bos_token,
             eos_token=eos_token,
             add_generation_prompt=add_generation_prompt,
+            tools=list(tools) if tools is not None else None,
         )
-    except TemplateError:
+    except (TemplateError, sandbox.TemplateLimitError):
         raise
     except JinjaError as exc:
         raise TemplateError(f"chat template failed to render: {exc}") from None
+    except Exception as exc:
+        # A template's own Python-level failure (`'text' + none`, `1 / 0`): everything in this render is the
+        # template's doing, and a template that cannot render these messages refuses them (a 400, not a crash).
+        raise TemplateError(f"chat template failed to render: {type(exc).__name__}: {exc}") from None
