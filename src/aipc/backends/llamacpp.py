@@ -16,6 +16,7 @@ from time import perf_counter as _now
 import llama_cpp
 import numpy as np
 
+from aipc.backends import speculate
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
@@ -26,6 +27,7 @@ from aipc.backends.base import (
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
+from aipc.engine.logprobs import logprobs_from_logits
 from aipc.errors import UsageError
 from aipc.store.resolve import ModelSource
 
@@ -43,14 +45,26 @@ class LlamaCppBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> LlamaCppModel:
-        return LlamaCppModel(source, device)
+        return LlamaCppModel(source, device, config)
 
 
 class LlamaCppModel:
-    def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
+    # Log-probs come from the context's logits as each token is sampled (see `generate`).
+    reports_logprobs = True
+
+    def __init__(self, source: ModelSource, device: DeviceInfo, config: LoadConfig | None = None) -> None:
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
         self._gpu_layers = -1 if device.name == "gpu" else 0
-        self._llm = self._open(path, device)
+        self._drafter = None
+        spec = speculate.parse(config.speculate if config else "off")
+        if spec.active:
+            from aipc.backends.llamacpp_speculate import Drafter, SpeculativeLlama
+
+            self._drafter = Drafter(spec, self._gpu_layers, DEFAULT_CONTEXT)
+            self._llm = self._open(path, device, SpeculativeLlama, draft_model=self._drafter)
+            self._drafter.attach(self._llm)
+        else:
+            self._llm = self._open(path, device)
         trained = int(self._llm.metadata.get(f"{self._llm.metadata.get('general.architecture')}.context_length", 0))
         self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         vocab = self._llm._model.vocab
@@ -63,6 +77,7 @@ class LlamaCppModel:
             for i in range(self._llm.n_vocab())
             if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
         )
+        self.vocab_size = self._llm.n_vocab()
         self.info = ModelInfo(
             name=source.name,
             backend="llamacpp",
@@ -78,14 +93,15 @@ class LlamaCppModel:
         )
 
     @staticmethod
-    def _open(path: Path, device: DeviceInfo) -> llama_cpp.Llama:
+    def _open(path: Path, device: DeviceInfo, cls=llama_cpp.Llama, **extra) -> llama_cpp.Llama:
         try:
-            return llama_cpp.Llama(
+            return cls(
                 str(path),
                 n_ctx=DEFAULT_CONTEXT,
                 n_threads=os.cpu_count(),
                 n_gpu_layers=-1 if device.name == "gpu" else 0,
                 verbose=False,
+                **extra,
             )
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"llama.cpp could not load {path.name}: {exc}") from None
@@ -98,6 +114,10 @@ class LlamaCppModel:
 
     def detokenize(self, ids) -> str:
         return self._decode_special([int(i) for i in ids])
+
+    def token_bytes(self, ident: int) -> bytes:
+        """A token's own bytes (byte-level tokens may hold part of a UTF-8 character)."""
+        return self._llm.detokenize([int(ident)], special=True)
 
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
@@ -122,19 +142,41 @@ class LlamaCppModel:
         generated = 0
         produced: list[int] = []
         reason = "length"
-        tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
+        seeded = config.seed is not None and not config.greedy
+        k = config.logprobs
+        # Log-probs read the context's last logits row, which is the sampled token's only when one token is
+        # checked per step: a request that asks for them is decoded without drafts.
+        stepper = self._drafter.start(ids, seeded, paused=k is not None) if self._drafter is not None else None
+        if config.logit_bias:
+            sampling["logits_processor"] = llama_cpp.LogitsProcessorList([_bias(config.logit_bias)])
+        tokens = self._llm.generate(
+            ids,
+            repeat_penalty=config.repetition_penalty,
+            # llama.cpp subtracts them from the logits, counting the last 64 generated tokens (last_n_tokens_size)
+            presence_penalty=config.presence_penalty,
+            frequency_penalty=config.frequency_penalty,
+            reset=True,
+            **sampling,
+        )
+        n_vocab = self._llm.n_vocab()
         try:
             for token in tokens:
                 generated += 1
                 produced.append(token)
+                if stepper is not None:
+                    stepper.push(token)
                 if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
                     reason = "stop"
                     break
+                logprob = ()
+                if k is not None:  # the logits this token was sampled from: the context's last row, before eval
+                    raw = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+                    logprob = (logprobs_from_logits(np.ctypeslib.as_array(raw, shape=(n_vocab,)), token, k),)
                 # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across
                 # tokens (llama-cpp-python's tokenizer ignores prev_tokens, so none are kept).
                 text = decoder.decode(self._llm.detokenize([token]))
-                if text:
-                    yield TextDelta(text, _now())
+                if text or logprob:
+                    yield TextDelta(text, _now(), logprob)
                 if cancel.is_set():
                     reason = "cancelled"
                     break
@@ -142,7 +184,12 @@ class LlamaCppModel:
                     break
         finally:
             tokens.close()
-        yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
+        end = _now()
+        counts = speculate.Counts()
+        if stepper is not None:
+            stepper.finish()
+            counts = stepper.counts
+        yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
 
     def scorer(self) -> LlamaCppScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same
@@ -154,9 +201,26 @@ class LlamaCppModel:
         self._llm.reset()
 
     def close(self) -> None:
+        if self._drafter is not None:
+            self._drafter.close()
+            self._drafter = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+def _bias(bias: tuple[tuple[int, float], ...]):
+    """logit_bias as llama-cpp-python's logits processor: its first sampler stage, whose logits are in id
+    order."""
+    ids = np.asarray([i for i, _ in bias], dtype=np.int64)
+    values = np.asarray([b for _, b in bias], dtype=np.float32)
+
+    def apply(input_ids, scores):
+        keep = ids < scores.shape[0]
+        scores[ids[keep]] += values[keep]
+        return scores
+
+    return apply
 
 
 class LlamaCppScorer:

@@ -13,6 +13,10 @@ from collections.abc import Sequence
 from aipc.cli import helptext as ht
 
 RAW = argparse.RawDescriptionHelpFormatter
+SPECULATE_HELP = (
+    "speculative decoding: auto (prompt lookup where measured to pay; default), off, lookup, or draft:MODEL "
+    "(a small model with the same tokenizer drafts)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,6 +113,7 @@ def _add_run(sub) -> None:
     run.add_argument("--stop", action="append", metavar="TEXT", help="stop when the answer writes TEXT (repeatable)")
     run.add_argument("--seed", type=int, help="random seed for reproducible sampling (>= 0; default: random)")
     run.add_argument("--system", help="system prompt (default: none, or a created model's own)")
+    run.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
     run.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     run.add_argument("--nowordwrap", action="store_true", help="don't wrap the answer at word boundaries in a terminal")
     run.add_argument(
@@ -155,6 +160,7 @@ def _add_serve(sub) -> None:
     serve.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM (default 30)"
     )
+    serve.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
     serve.add_argument(
         "--keep-alive", help="how long an idle model stays loaded: 5m, 1h, 30s, 0, -1 = forever (default: 5m)"
@@ -327,6 +333,9 @@ def _add_bench(sub) -> None:
     bench.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     bench.add_argument("--repeats", type=int, default=3, help="measured runs per configuration (default 3)")
     bench.add_argument("--warmup", type=int, default=1, help="discarded runs first (default 1)")
+    bench.add_argument(
+        "--speculate", default="off", help="comma-separated speculate settings to compare, e.g. off,auto (default: off)"
+    )
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bench.add_argument("--csv", metavar="FILE", help="write the results as CSV")
     bench.add_argument("--plot", metavar="FILE.png", help="next-token latency by input length (needs matplotlib)")

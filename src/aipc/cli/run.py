@@ -27,7 +27,7 @@ def command(args: argparse.Namespace) -> int:
     # Validate every option before the (slow) load, so mistakes answer at once.
     options = generation_options(args)
     GenerationConfig().updated(**options)
-    LoadConfig(backend=args.backend, device=args.device)
+    LoadConfig(backend=args.backend, device=args.device, speculate=args.speculate)
     _check_model(model_name, guessed)
 
     stdin_tty = sys.stdin is not None and sys.stdin.isatty()
@@ -39,7 +39,7 @@ def command(args: argparse.Namespace) -> int:
     if prompt is None and not interactive:
         raise UsageError("no prompt: pass one as an argument, pipe it on stdin, or run in a terminal to chat")
 
-    model = load(model_name, args.backend, args.device)
+    model = load(model_name, args.backend, args.device, args.speculate)
     wrap = not args.nowordwrap
     with model:
         if interactive:
@@ -54,6 +54,7 @@ def command(args: argparse.Namespace) -> int:
                 name=model_name,
                 backend=args.backend,
                 device=args.device,
+                speculate=args.speculate,
             )
             return session.loop()
         done = print_stream(model.stream(prompt, system=args.system, **options), sys.stdout, wordwrap=wrap)
@@ -128,13 +129,13 @@ def read_piped_stdin() -> str:
     return _checked_text(sys.stdin.buffer.read(), "the prompt on stdin").strip()
 
 
-def load(name: str | None, backend: str, device: str):
+def load(name: str | None, backend: str, device: str, speculate: str = "auto"):
     """Open the model with a spinner on the terminal (a first run's conversion shows as its own step)."""
     import aipc
     from aipc import progress
 
     with progress.step(f"loading {name or 'the default model'}"):
-        return aipc.load(name, backend=backend, device=device)
+        return aipc.load(name, backend=backend, device=device, speculate=speculate)
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -197,6 +198,8 @@ def stats_line(done: Done, load_seconds: float | None = None) -> str:
         f"next-token {t.next_token_s * 1000:.1f} ms",
         f"{t.tokens_per_s:.1f} tokens/s",
         f"{done.usage.completion_tokens} tokens generated ({done.finish_reason})",
+        f"drafted {done.drafted}, accepted {done.accepted}"
+        + (f" ({done.accepted / done.drafted:.0%})" if done.drafted else ""),
         f"{what_ran(done.model)} on {done.backend}/{done.device}" if done.model else f"{done.backend}/{done.device}",
     ]
     return " | ".join(parts)

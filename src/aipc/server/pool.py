@@ -228,7 +228,7 @@ class ModelPool:
         import aipc
 
         s = self.settings
-        return aipc.load(name, backend=s.backend, device=s.device, parallel=s.parallel)
+        return aipc.load(name, backend=s.backend, device=s.device, parallel=s.parallel, speculate=s.speculate)
 
     def _ready(self, entry: Entry, model: Any, grown: int, seconds: float) -> None:
         info = model.info

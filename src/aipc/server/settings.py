@@ -43,13 +43,14 @@ class ServerSettings:
     read_only: bool = False  # refuse the routes that change the store (pull, delete, copy)
     allow_paths: bool = False  # let requests name model files and folders, not only names
     log_format: str = "text"
+    speculate: str = "auto"
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with one line (exit code 2), before the slow model load."""
         from aipc.engine.config import LoadConfig
         from aipc.server.security import is_loopback, normalize_origin
 
-        LoadConfig(backend=self.backend, device=self.device, parallel=max(self.parallel, 1))
+        LoadConfig(backend=self.backend, device=self.device, parallel=max(self.parallel, 1), speculate=self.speculate)
         if not is_loopback(self.host) and not self.api_key:
             raise UsageError(
                 f"refusing to listen on {self.host} without an API key: anyone who can reach it could use the "
