@@ -109,3 +109,16 @@ def smollm2_phi3(fixtures_root) -> Path:
             gguf_to_hf(resolve(None).path, llama)
         repack_as_phi3(llama, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(fixtures_root) -> Path:
+    """A small real GGUF model (~6 MB): the llama architecture in the tiny shape's dimensions, random Q4_0
+    weights, SmolLM2's vocabulary. Every runtime loads it; the GGUF fuzzer and disk tests damage copies."""
+    from aipc.convert.synthetic_gguf import write_random_gguf
+
+    path = fixtures_root / "fuzz-tiny.gguf"
+    if not path.is_file():
+        write_random_gguf(path.with_suffix(".tmp"), "tiny")
+        os.replace(path.with_suffix(".tmp"), path)
+    return path

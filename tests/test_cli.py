@@ -58,7 +58,9 @@ def test_prompt_from_a_pipe():
     [
         (["--max-tokens", "0"], "max_tokens must be an integer >= 1, got 0"),
         (["--max-tokens", "-4"], "max_tokens must be an integer >= 1, got -4"),
-        (["--temperature", "-1"], "temperature must be a number >= 0"),
+        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+        (["--temperature", "inf"], "temperature must be a finite number >= 0 (0 is greedy), got inf"),
+        (["--temperature", "nan"], "temperature must be a finite number >= 0 (0 is greedy), got nan"),
         (["--top-p", "0"], "top_p must be a number in (0, 1]"),
         (["--top-p", "1.5"], "top_p must be a number in (0, 1]"),
         (["--max-tokens", "many"], "argument --max-tokens: invalid int value: 'many'"),
@@ -95,7 +97,7 @@ def test_unreadable_model_file(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     if os.geteuid() == 0:  # root reads anything: then the file is read and refused as not a GGUF
-        assert "is not a GGUF file" in result.stderr
+        assert "is not a valid GGUF file" in result.stderr
     else:
         assert "cannot read" in result.stderr
 

@@ -51,17 +51,40 @@ def test_sigterm_lets_the_stream_finish_refuses_new_requests_and_exits_0():
         first_tokens(stream)
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-        try:
-            late = httpx.post(srv.url + "/v1/chat/completions", json=chat_body(), timeout=10)
-        except httpx.ConnectError:
-            pass  # the listener is closed: refused
-        else:
-            assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+        # Still listening while the stream runs: new work is refused, and a supervisor's health check answers.
+        late = httpx.post(srv.url + "/v1/chat/completions", json=chat_body(), timeout=10)
+        assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+        health = httpx.get(srv.url + "/health", timeout=10)
+        assert (health.status_code, health.json()) == (503, {"status": "draining"})
         events = list(stream.events())
         assert events[-1] == "[DONE]"
         assert events[-2]["choices"][0]["finish_reason"] == "length"  # all 200 tokens, not cut short
         stream.close()
         assert srv.proc.wait(30) == 0
+
+
+def test_health_answers_draining_until_the_last_stream_ends_then_the_listener_closes():
+    with ServerProcess("--drain-timeout", "60") as srv:
+        stream = RawStream(srv.url, "/v1/chat/completions", LONG_STORY | {"max_tokens": 150})
+        first_tokens(stream)
+        srv.proc.send_signal(signal.SIGTERM)
+        answers = []
+        deadline = time.monotonic() + 120
+        while srv.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                r = httpx.get(srv.url + "/health", timeout=5)
+            except httpx.TransportError:
+                answers.append("refused")
+            else:
+                answers.append((r.status_code, r.json()["status"]))
+            time.sleep(0.1)
+        events = list(stream.events())
+        assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+        assert srv.proc.wait(30) == 0
+        drained = [a for a in answers if a != "refused"]
+        assert len(drained) >= 3 and set(drained) == {(503, "draining")}, answers
+        # The health check is never refused while a stream is still in flight: only at the very end.
+        assert "refused" not in answers[: len(drained)], answers
 
 
 def test_past_the_drain_timeout_streams_end_with_an_error_event():

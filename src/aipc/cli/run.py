@@ -21,6 +21,10 @@ from aipc.errors import ModelNotFoundError, UsageError
 
 def command(args: argparse.Namespace) -> int:
     model_name, prompt, guessed = model_and_prompt(args)
+    if prompt is not None:
+        prompt = _checked_text(prompt, "the prompt on the command line")
+    if args.system is not None:
+        _checked_text(args.system, "--system")
     # Validate every option before the (slow) load, so mistakes answer at once.
     options = generation_options(args)
     GenerationConfig().updated(**options)
@@ -58,6 +62,25 @@ def command(args: argparse.Namespace) -> int:
         if args.verbose and done is not None:
             print(stats_line(done, model.load_seconds), file=sys.stderr)
     return 0
+
+
+def _checked_text(text: str | bytes, where: str) -> str:
+    """`text` as a str, or one line naming where it was not UTF-8. Bytes (stdin) are decoded strictly; a str
+    from argv carries undecodable bytes as lone surrogates (Python's surrogateescape), which no tokenizer
+    can encode."""
+    if isinstance(text, bytes):
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"{where} is not UTF-8 text (byte 0x{text[exc.start]:02x} at offset {exc.start}): "
+                "send UTF-8 (iconv -t UTF-8 converts other encodings)"
+            ) from None
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            byte = f"byte 0x{ord(ch) - 0xDC00:02x}" if ch >= "\udc80" else f"U+{ord(ch):04X}"
+            raise UsageError(f"{where} is not UTF-8 text ({byte} at character {i}): pass UTF-8 text")
+    return text
 
 
 def model_and_prompt(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
@@ -104,7 +127,7 @@ def read_piped_stdin() -> str:
         return ""
     if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
         return ""
-    return sys.stdin.read().strip()
+    return _checked_text(sys.stdin.buffer.read(), "the prompt on stdin").strip()
 
 
 def load(name: str | None, backend: str, device: str, speculate: str = "auto"):

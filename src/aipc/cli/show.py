@@ -33,6 +33,19 @@ class Described:
 
 
 def command(args: argparse.Namespace) -> int:
+    damaged = _damaged(args.name)
+    if damaged:  # never described (nothing in it is trusted): what is wrong, and how to remove it
+        if args.json:
+            rows = [{"ref": v.ref, "damaged": v.problem, "path": str(v.path)} for v in damaged]
+            print(json.dumps(rows, indent=2))
+        else:
+            print(
+                "\n".join(
+                    f"{v.ref}\n  DAMAGED     {v.problem}\n  path        {v.path}\n  remove it   aipc rm {v.ref}"
+                    for v in damaged
+                )
+            )
+        return 0
     info = describe(args.name)
     if args.json:
         print(json.dumps([{**v.manifest, "path": str(v.path)} for v in info.variants], indent=2, default=str))
@@ -42,6 +55,18 @@ def command(args: argparse.Namespace) -> int:
         return 0
     print(render(info))
     return 0
+
+
+def _damaged(spec: str) -> list[store.Variant]:
+    """The damaged stored variants `spec` names, when it names only damaged ones (a linked or corrupt folder)."""
+    from aipc.store.resolve import canonical_ref
+
+    try:
+        ref = canonical_ref(spec)
+        found = store.find(ref, damaged=True)
+    except AipcError:
+        return []
+    return found if found and all(v.problem for v in found) else []
 
 
 def part(info: Described, which: str) -> str:

@@ -8,8 +8,8 @@ export into a staging folder and publish it with an atomic rename. A killed conv
 from __future__ import annotations
 
 import json
+import math
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -17,8 +17,7 @@ from typing import Any
 
 from aipc.convert import recipes, sources, targets
 from aipc.errors import UsageError
-from aipc.store import catalog, paths, store
-from aipc.store.publish import staged
+from aipc.store import catalog, paths, publish, store
 
 TOOLS = {
     "openvino": ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "transformers", "torch"),
@@ -52,29 +51,48 @@ def convert(
         name = catalog.canonical(name) or store.validate_name(name)  # `--name phi3` stores phi3:mini
     if source.startswith("synthetic:"):
         return _synthetic(source.split(":", 1)[1], to, precision, name)
-    checkpoint = sources.prepare(source, allow_pickle=allow_pickle)
-    name = name or _default_name(checkpoint.name)
-    variant = store.variant_name(
-        {"openvino": "openvino-ir", "onnx": "onnx-genai", "gguf": "gguf"}[to], precision, device_target
-    )
-    target = store.variant_dir(name, variant)
-    if store.find(f"{name}@{variant}"):
-        return store.find(f"{name}@{variant}")[0]
-    work = paths.home() / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="convert-", dir=work) as scratch:
-        hf_dir, config, notes = _as_hf(checkpoint, Path(scratch), to)
-        recipe = recipes.recipe_for(to, precision, device_target, config)
-        needed = int(recipes.parameter_count(config) * BYTES_PER_PARAM[precision]) if config else 0
-        store.check_free_space(target.parent, needed)
-        for note in (*notes, *recipe.notes):
-            _say(note)
-        with staged(target) as tmp:
-            if tmp is not None:
-                log = Path(scratch) / "convert.log"
-                _export(checkpoint, hf_dir, tmp, recipe, log, Path(scratch), name)
-                store.write_manifest(tmp, _manifest(name, variant, to, recipe, checkpoint, config, notes))
+    with store.disk_full_is_one_line(f"converting {source}", paths.home()):
+        checkpoint = sources.prepare(source, allow_pickle=allow_pickle)
+        name = name or _default_name(checkpoint.name)
+        variant = store.variant_name(
+            {"openvino": "openvino-ir", "onnx": "onnx-genai", "gguf": "gguf"}[to], precision, device_target
+        )
+        target = store.variant_dir(name, variant)
+        if store.find(f"{name}@{variant}"):
+            return store.find(f"{name}@{variant}")[0]
+        work = paths.home() / "tmp"
+        if checkpoint.kind == "hf":  # the recipe is decided from config.json before any work
+            recipes.recipe_for(to, precision, device_target, checkpoint.config)
+        result, scratch_bytes = space_needed(checkpoint, to, precision)
+        store.check_free_space_for({target.parent: result, work: scratch_bytes})
+        with publish.scratch(work, "convert") as scratch:
+            hf_dir, config, notes = _as_hf(checkpoint, scratch, to)
+            recipe = recipes.recipe_for(to, precision, device_target, config)
+            for note in (*notes, *recipe.notes):
+                _say(note)
+            with publish.staged(target) as tmp:
+                if tmp is not None:
+                    log = scratch / "convert.log"
+                    _export(checkpoint, hf_dir, tmp, recipe, log, scratch, name)
+                    store.write_manifest(tmp, _manifest(name, variant, to, recipe, checkpoint, config, notes))
     return store.find(f"{name}@{variant}")[0]
+
+
+def space_needed(checkpoint: sources.Checkpoint, to: str, precision: str) -> tuple[int, int]:
+    """Bytes the result will take, and bytes of scratch on the way, estimated before any work: from the GGUF
+    header's exact tensor shapes, or a checkpoint's config.json. A GGUF source is dequantized to fp32 first
+    (except GGUF -> GGUF, a requantization); llama.cpp's converter writes f16 before quantizing lower."""
+    if checkpoint.kind == "gguf":
+        from aipc.store.gguf_header import check
+
+        params = sum(math.prod(t.shape) for t in check(checkpoint.path).tensors)
+    else:
+        params = recipes.parameter_count(checkpoint.config)
+    result = int(params * BYTES_PER_PARAM[precision])
+    if to == "gguf" and checkpoint.kind == "hf" and precision not in ("f16", "q8_0"):
+        result += int(params * BYTES_PER_PARAM["f16"])  # the f16 file, beside the result until quantized
+    scratch = int(params * BYTES_PER_PARAM["fp32"]) if checkpoint.kind == "gguf" and to != "gguf" else 0
+    return result, scratch
 
 
 # What `synthetic:SHAPE` can be written as: (--to, precision) -> (store format, backend, how, architecture, tools).
@@ -108,8 +126,11 @@ def _synthetic(shape: str, to: str, precision: str, name: str | None) -> store.V
     dims = SHAPES[shape]
     store.check_free_space(target.parent, recipes.parameter_count({**dims, "vocab_size": 32064}) * 0.6)
     work = paths.home() / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="synthetic-", dir=work) as scratch, staged(target) as tmp:
+    with (
+        store.disk_full_is_one_line(f"writing synthetic:{shape}", paths.home()),
+        publish.scratch(work, "synthetic") as scratch,
+        publish.staged(target) as tmp,
+    ):
         if tmp is not None:
             _say(f"writing random weights with {shape}'s dimensions (not a real model)")
             if to == "gguf":
@@ -117,7 +138,7 @@ def _synthetic(shape: str, to: str, precision: str, name: str | None) -> store.V
             else:
                 from aipc.convert.synthetic_onnx import write_random_onnx
 
-                write_random_onnx(tmp, shape, Path(scratch), Path(scratch) / "convert.log")
+                write_random_onnx(tmp, shape, scratch, scratch / "convert.log")
             store.write_manifest(
                 tmp,
                 {

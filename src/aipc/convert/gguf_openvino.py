@@ -28,9 +28,11 @@ from pathlib import Path
 
 from aipc import progress
 from aipc.convert.gguf_exact import RECIPE_VERSION
+from aipc.convert.isolated import run_isolated
 from aipc.convert.sources import sha256
 from aipc.errors import ConversionError
 from aipc.store import paths
+from aipc.store.gguf_header import check
 from aipc.store.publish import staged
 
 VARIANTS = ("compressed", "npu")
@@ -41,6 +43,7 @@ def ir_for_gguf(gguf: Path, variant: str = "compressed") -> Path:
     """The IR folder for `gguf`, converting it once and caching it under the store."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check(gguf)  # never hand OpenVINO's reader a damaged file (cached: resolve checked it already)
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{RECIPE_VERSION}".encode()).hexdigest()[:16]
     target = paths.home() / "cache" / "gguf-openvino" / f"{gguf.stem}-{key}-{variant}"
@@ -48,7 +51,9 @@ def ir_for_gguf(gguf: Path, variant: str = "compressed") -> Path:
         if tmp is not None:
             what = "OpenVINO IR for the NPU" if variant == "npu" else "OpenVINO IR"
             with progress.step(f"converting {gguf.name} to {what} (first run only)", keep=True):
-                _convert(gguf, tmp, fold_weights=variant == "npu")
+                # In a child process: a native crash on a file the check missed is one error line.
+                who, doing = "OpenVINO's GGUF reader", f"reading {gguf.name}"
+                run_isolated(_convert, gguf, tmp, fold_weights=variant == "npu", who=who, doing=doing)
     return target
 
 

@@ -52,6 +52,9 @@ def prepare(source: str, *, allow_pickle: bool = False) -> Checkpoint:
         return _from_hub(entry.hub_id or "", entry.name, allow_pickle)
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
+        from aipc.store.resolve import checked_gguf
+
+        checked_gguf(path)  # before transformers' or llama.cpp's reader sees it
         return Checkpoint(
             "gguf", path, path.stem, {"kind": "gguf", "path": str(path.resolve()), "sha256": sha256(path)}
         )
@@ -136,19 +139,45 @@ def _resave_as_safetensors(folder: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from aipc.store import store
+
     target = paths.home() / "downloads" / f"safetensors-{folder_digest(folder)[:16]}"
+    pickles = [p for p in sorted(folder.iterdir()) if p.suffix in PICKLE_SUFFIXES]
+    store.check_free_space(target.parent, sum(p.stat().st_size for p in pickles))
     with staged(target) as tmp:
         if tmp is not None:
             tensors: dict[str, Any] = {}
             for p in sorted(folder.iterdir()):
                 if p.suffix in PICKLE_SUFFIXES:
-                    state = torch.load(p, map_location="cpu", weights_only=True)
+                    state = _load_tensors(p)
                     tensors.update({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)})
                 elif p.is_file():
                     os.link(p, tmp / p.name) if _same_fs(p, tmp) else (tmp / p.name).write_bytes(p.read_bytes())
             _untie_shared(tensors)
             save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
     return target
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    """A pickle checkpoint's state dict, read with `weights_only=True`: PyTorch's restricted unpickler builds
+    tensors and plain containers and refuses anything else before it runs (a malicious pickle is refused)."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(
+            f"{path} holds objects other than tensors, which could run code when loaded: aipc refused it "
+            "(nothing in it ran); use a safetensors checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint: {last}") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors")
+    return state
 
 
 def _untie_shared(tensors: dict[str, Any]) -> None:

@@ -44,6 +44,8 @@ def run_tool(step: str, argv: list[str], log: Path, *, env: dict[str, str] | Non
             if tee is not None:
                 tee.join(5)
         if code != 0:
+            if disk_is_full(log.parent):  # tools word it their own way ("iostream error"): say what it was
+                raise ConversionError(f"{step} failed (exit {code}): No space left on device (full log: {log})")
             raise ConversionError(f"{step} failed (exit {code}): {last_error_line(log)} (full log: {log})")
 
 
@@ -54,6 +56,15 @@ def _tee(pipe, log) -> None:
         log.flush()
         sys.stderr.buffer.write(chunk)
         sys.stderr.flush()
+
+
+def disk_is_full(folder: Path) -> bool:
+    """Whether the disk holding `folder` is out of space or of inodes (under 1 MiB or no inode left)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20 or (st.f_files > 0 and st.f_favail == 0)
 
 
 def last_error_line(log: Path) -> str:

@@ -86,12 +86,12 @@ class GenerationConfig:
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
         _check_int("max_tokens", self.max_tokens, low=1, hint="an integer >= 1")
-        _check_float("temperature", self.temperature, ok=lambda v: v >= 0, hint="a number >= 0 (0 is greedy)")
+        _check_float("temperature", self.temperature, ok=lambda v: v >= 0, hint="a finite number >= 0 (0 is greedy)")
         _check_float("top_p", self.top_p, ok=lambda v: 0 < v <= 1, hint="a number in (0, 1]")
         _check_int("top_k", self.top_k, low=0, hint="an integer >= 0 (0 disables it)")
         if self.seed is not None:
             _check_int("seed", self.seed, low=0, hint="an integer >= 0")
-        _check_float("repetition_penalty", self.repetition_penalty, ok=lambda v: v > 0, hint="a number > 0")
+        _check_float("repetition_penalty", self.repetition_penalty, ok=lambda v: v > 0, hint="a finite number > 0")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise InvalidConfigError(f"stop strings must be non-empty strings, got {s!r}")

@@ -11,7 +11,6 @@ plain HTTP errors.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +21,8 @@ from starlette.responses import Response
 
 from aipc.engine.events import Done
 from aipc.errors import AipcError, GenerationError, InvalidConfigError
-from aipc.server.errors import APIError, ClientGone, to_api_error
+from aipc.server.body import read_json_body
+from aipc.server.errors import APIError, ClientGone, to_api_error, without_build_paths
 from aipc.server.pool import _UNSET, Entry
 from aipc.server.scheduler import EventPump, unless_disconnected, wait_disconnect
 from aipc.server.settings import ServerSettings
@@ -182,13 +182,9 @@ def unavailable(message: str, code: str) -> APIError:
 
 # --- request bodies ----------------------------------------------------------------------------------------
 async def read_json(request: Any) -> Any:
-    """The request body as decoded JSON, or a 400 naming what is wrong; every dialect reads bodies here."""
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        where = f": {exc}" if raw.strip() else ": the body is empty"
-        raise APIError(400, f"the request body is not valid JSON{where}", code="invalid_json") from None
+    """The request body as decoded JSON, or a 400 naming what is wrong; every dialect reads bodies here, so
+    the checks of body.py (no nesting over 64 levels, no lone surrogates in any string) hold for all."""
+    return await read_json_body(request)
 
 
 # --- prompts -----------------------------------------------------------------------------------------------
@@ -428,7 +424,7 @@ async def generate(
         first = await or_gone(request, pump.__anext__(), on_gone=pump.stop, on_error=pump.stop)
     except GenerationError as exc:
         if "json_schema" in prepared.options:  # what the runtime refuses before the first token: the grammar
-            message = f"the JSON schema in {schema_param} could not be used: {exc}"
+            message = f"the JSON schema in {schema_param} could not be used: {without_build_paths(str(exc))}"
             raise APIError(400, message, param=schema_param, code="invalid_value") from None
         raise
     if first is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -175,3 +176,16 @@ def install(app: Any) -> None:
     app.add_exception_handler(AipcError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_exception)
     app.add_exception_handler(Exception, on_api_error)
+
+
+# What a runtime's error text carries besides the reason: a log timestamp, the source file it was built from
+# ("/home/jenkins/.../json_schema_converter.cc:898:"), "Exception from src/...cpp:12:". None of it is the user's.
+_BUILD_NOISE = re.compile(
+    r"\[\d\d:\d\d:\d\d\]\s*|(?:Exception from )?(?:[A-Za-z]:)?[\w.+~-]*(?:[/\\][\w.+~-]+)+"
+    r"\.(?:cpp|cxx|cc|c|hpp|hh|h|py|rs)\b(?::\d+)*:?\s*"
+)
+
+
+def without_build_paths(text: str) -> str:
+    """A runtime's error reduced to its reason: what the user sent and what is valid, not where it was built."""
+    return " ".join(_BUILD_NOISE.sub("", text).split())

@@ -1,9 +1,10 @@
 """Running the server: bind the socket, start uvicorn, load the model behind it, drain on SIGTERM.
 
 The socket is bound here, before uvicorn starts, so a busy port is one line and exit code 2 rather than a log
-record, and `--port 0` can report the port it got. On SIGTERM (or Ctrl-C) the server stops accepting (new
-connections are refused, requests on open ones get 503), lets requests in flight finish for up to
-`--drain-timeout` seconds, ends what is left with an error event, and exits 0.
+record, and `--port 0` can report the port it got. On SIGTERM (or Ctrl-C) the server drains: it keeps
+listening, so /health answers 503 {"status": "draining"} and new requests get 503, while requests in flight
+finish for up to `--drain-timeout` seconds; what is left then ends with an error event. Once nothing is in
+flight it closes the listener and exits 0. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from types import FrameType
 from typing import Any
 
@@ -27,25 +29,62 @@ from aipc.server.settings import ServerSettings
 _AFTER_DRAIN_S = 5.0
 
 
+class InFlight:
+    """ASGI middleware counting the HTTP requests being answered (health checks aside): the drain waits for
+    them, with the listener still open, before uvicorn's shutdown closes it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/health":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+
+
 class _Server(uvicorn.Server):
     """uvicorn, with a graceful drain on the first SIGTERM/SIGINT and exit code 0 after it.
 
-    uvicorn re-raises a caught signal once it has shut down, which would end the process with "killed by
-    SIGTERM" after a clean drain; a drained shutdown here is a normal exit.
+    uvicorn closes its listener the moment it is told to exit, so a supervisor's health check would be refused
+    while requests still run: here the signal starts the drain, and uvicorn is told to exit only once nothing
+    is in flight (or the drain timeout, plus time for the aborted streams to end, has passed). uvicorn also
+    re-raises a caught signal once it has shut down, which would end the process with "killed by SIGTERM"
+    after a clean drain; a drained shutdown here is a normal exit.
     """
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServerState, in_flight: InFlight) -> None:
         super().__init__(config)
         self.state = state
+        self.in_flight = in_flight
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True  # a second Ctrl-C: stop waiting
-        self.should_exit = True
+        if self.state.draining and sig == signal.SIGINT:  # a second Ctrl-C: stop waiting
+            self.should_exit = self.force_exit = True
+            return
         self.state.draining = True  # at once: requests that arrive before the loop runs the drain get 503
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.state.begin_drain)
+        if self.loop is None:
+            self.should_exit = True
+        else:
+            self.loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._drain is None:
+            self.state.begin_drain()
+            self._drain = asyncio.ensure_future(self._exit_when_idle())
+
+    async def _exit_when_idle(self) -> None:
+        deadline = time.monotonic() + self.state.settings.drain_timeout + _AFTER_DRAIN_S
+        while self.in_flight.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.should_exit = True
 
 
 def _log_to_stderr(settings: ServerSettings) -> None:
@@ -92,16 +131,17 @@ def serve(settings: ServerSettings) -> int:
     sock = bind(settings.host, settings.port)
     url = url_of(sock)
     app, state = create_app(settings)
+    in_flight = InFlight(app)
     config = uvicorn.Config(
-        app,
+        in_flight,
         log_level="info" if settings.verbose else "warning",
         access_log=False,  # RequestLog (metrics.py) logs each request, with its model and tokens
-        timeout_graceful_shutdown=settings.drain_timeout + _AFTER_DRAIN_S,
+        timeout_graceful_shutdown=_AFTER_DRAIN_S,  # the drain has already waited for what was in flight
         lifespan="on",
         server_header=False,
         timeout_keep_alive=5,
     )
-    server = _Server(config, state)
+    server = _Server(config, state, in_flight)
     exit_code = 0
 
     def ready(st: ServerState, entry: Any) -> None:

@@ -83,6 +83,8 @@ def _resolve_all(spec: str, depth: int) -> list[ModelSource]:
             return [*stored, _from_catalog(entry)]
         if stored:
             return stored
+        if entry is None:
+            store.get(spec)  # raises, listing what the store has (and saying so when `spec` is damaged)
     return [resolve(spec)]
 
 
@@ -136,9 +138,14 @@ def _apply_created(created: Any, variant: str, depth: int) -> list[ModelSource]:
 
 
 def _entry_file(folder: Path, fmt: str) -> Path:
-    """What a backend opens for a stored variant: the folder, or the GGUF file inside it."""
+    """What a backend opens for a stored variant: the folder, or the GGUF file inside it (checked first)."""
     if fmt == "gguf":
-        return next(folder.glob("*.gguf"), folder)
+        gguf = next(folder.glob("*.gguf"), None)
+        if gguf is None:
+            raise UsageError(f"{folder} holds no .gguf file: remove this damaged variant with `aipc rm`")
+        return checked_gguf(gguf)
+    if fmt == "onnx-genai":
+        return _checked_genai(folder)
     return folder
 
 
@@ -146,7 +153,7 @@ def _is_store_name(spec: str) -> bool:
     from aipc.store import store
 
     try:
-        return bool(store.find(spec))
+        return bool(store.find(spec, damaged=True))
     except UsageError:
         return False
 
@@ -303,12 +310,11 @@ def embedded_file(package: str, filename: str) -> Path:
 
 def _from_catalog(entry: catalog.CatalogEntry) -> ModelSource:
     if entry.embedded is not None:
-        from aipc.store.gguf_header import precision, read_metadata
+        from aipc.store.gguf_header import precision
 
         path = embedded_file(*entry.embedded)
-        return ModelSource(
-            entry.name, "gguf", path, dict(entry.defaults), precision(read_metadata(path)), variant=EMBEDDED
-        )
+        meta = _checked_gguf_file(path).metadata
+        return ModelSource(entry.name, "gguf", path, dict(entry.defaults), precision(meta), variant=EMBEDDED)
     variant = hub.fetch_openvino(entry)
     return ModelSource(
         entry.name,
@@ -326,17 +332,17 @@ def _from_path(path: Path) -> ModelSource:
         raise ModelNotFoundError(f"cannot read {path}: permission denied")
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            return ModelSource(path.stem, "gguf", _checked_gguf(path))
+            return ModelSource(path.stem, "gguf", checked_gguf(path))
         if path.name == "openvino_model.xml":
             return _from_path(path.parent)
         raise UsageError(f"unsupported model file {path.name}: expected {_PATH_HINT}")
     if (path / "openvino_model.xml").is_file():
         return ModelSource(path.name, "openvino-ir", path)
     if (path / "genai_config.json").is_file():
-        return ModelSource(path.name, "onnx-genai", path)
+        return ModelSource(path.name, "onnx-genai", _checked_genai(path))
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
-        return ModelSource(ggufs[0].stem, "gguf", _checked_gguf(ggufs[0]))
+        return ModelSource(ggufs[0].stem, "gguf", checked_gguf(ggufs[0]))
     if (path / "config.json").is_file():
         if any(path.glob("*.safetensors")):
             return ModelSource(path.name, "hf", path, backend="torch")
@@ -347,10 +353,72 @@ def _from_path(path: Path) -> ModelSource:
     raise UsageError(f"{path} holds no model: expected {_PATH_HINT}")
 
 
-def _checked_gguf(path: Path) -> Path:
-    """Refuse at once a file that is not GGUF, rather than deep inside a runtime."""
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise UsageError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+def checked_gguf(path: Path) -> Path:
+    """Refuse at once a GGUF file that is damaged or hostile, before any native reader opens it."""
+    _checked_gguf_file(path)
     return path
+
+
+def _checked_gguf_file(path: Path):
+    from aipc.store.gguf_header import check
+
+    checked = check(path)
+    if not checked.tensors:
+        raise UsageError(f"{path} holds no tensors: it is not a model (a vocabulary-only GGUF file?)")
+    return checked
+
+
+def _checked_genai(folder: Path) -> Path:
+    """Refuse an ONNX Runtime GenAI folder whose genai_config.json the backend could not use, in one line: the
+    keys it reads, of the types it reads them as, and a decoder file inside the folder."""
+    import json
+
+    config = folder / "genai_config.json"
+
+    def bad(what: str) -> UsageError:
+        return UsageError(
+            f"{config} is not a usable ONNX Runtime GenAI config: {what} "
+            "(expected the genai_config.json that onnxruntime-genai's model builder writes)"
+        )
+
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {config}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise bad(f"it is not JSON ({exc})") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict):
+        raise bad('it has no "model" object')
+    search = data.get("search", {})
+    if not isinstance(search, dict):
+        raise bad('"search" is not an object')
+    for where, value in (
+        ("model.context_length", model.get("context_length")),
+        ("search.max_length", search.get("max_length")),
+    ):
+        if value is not None and not _positive_int(value):
+            raise bad(f"{where} is {value!r}, not a positive integer")
+    if model.get("context_length") is None and search.get("max_length") is None:
+        raise bad("it has neither model.context_length nor search.max_length")
+    eos = model.get("eos_token_id", [])
+    if not (isinstance(eos, list) and all(_positive_int(e, zero=True) for e in eos)) and not _positive_int(
+        eos, zero=True
+    ):
+        raise bad(f"model.eos_token_id is {eos!r}, not a token id or a list of them")
+    bos = model.get("bos_token_id")
+    if bos is not None and not _positive_int(bos, zero=True):
+        raise bad(f"model.bos_token_id is {bos!r}, not a token id")
+    decoder = model.get("decoder")
+    filename = decoder.get("filename") if isinstance(decoder, dict) else None
+    if not isinstance(filename, str) or not filename:
+        raise bad("model.decoder.filename is missing")
+    if Path(filename).name != filename or filename in (".", ".."):
+        raise bad(f"model.decoder.filename {filename!r} points outside the folder")
+    if not (folder / filename).is_file():
+        raise bad(f"its decoder {filename} is not in the folder")
+    return folder
+
+
+def _positive_int(value: Any, *, zero: bool = False) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)

@@ -3,20 +3,27 @@
 A variant is one backend format at one precision for one device target (`openvino-int4`, `openvino-int4-npu`,
 `onnx-int4`, `onnx-fp16-cuda`, `gguf-q4_k_m`). Variants are published atomically (`publish.staged`), so a
 folder without its `.complete` marker is never listed or run, and removal renames before deleting.
+
+Symbolic links inside the store are never followed: a linked model or variant folder, or a variant holding a
+link out of the store, is listed as damaged and never run, and `remove` deletes the link, never its target. A
+published variant whose manifest is missing or corrupt is listed as damaged too, so `rm` can remove it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aipc.errors import ModelNotFoundError, UsageError
+from aipc.errors import ConversionError, ModelNotFoundError, UsageError
 from aipc.store import paths
 from aipc.store.publish import is_published
 
@@ -34,10 +41,11 @@ class Variant:
     variant: str
     path: Path
     manifest: dict[str, Any]
+    problem: str = ""  # why it is damaged (never run, only listed and removable); "" when healthy
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@{self.variant}"
+        return f"{self.name}@{self.variant}" if self.variant else self.name
 
     @property
     def format(self) -> str:
@@ -95,63 +103,110 @@ def model_dir(name: str) -> Path:
 def variant_dir(name: str, variant: str) -> Path:
     if not _VARIANT.match(variant):
         raise UsageError(f"invalid variant {variant!r}")
-    return model_dir(name) / variant
+    mdir = model_dir(name)
+    if mdir.is_symlink():
+        raise UsageError(
+            f"{mdir} is a symbolic link: aipc does not write through links out of its store "
+            f"(remove the link with `aipc rm {name}`)"
+        )
+    return mdir / variant
 
 
-def _read(folder: Path) -> dict[str, Any] | None:
-    if not is_published(folder):
+def _link_problem(path: Path) -> str:
+    return f"a symbolic link to {os.readlink(path)}: aipc does not follow links in its store"
+
+
+def _inspect(mdir: Path, vdir: Path) -> Variant | None:
+    """The variant in `vdir`, damaged or not; None for what is not a published variant at all."""
+    fallback = mdir.name.replace("--", ":")
+    if vdir.is_symlink():
+        return Variant(fallback, vdir.name, vdir, {}, _link_problem(vdir))
+    if not is_published(vdir):
         return None
     try:
-        return json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
+        manifest = json.loads((vdir / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Variant(fallback, vdir.name, vdir, {}, f"its manifest ({MANIFEST}) is missing")
+    except (OSError, ValueError) as exc:
+        return Variant(fallback, vdir.name, vdir, {}, f"its manifest ({MANIFEST}) is not readable JSON: {exc}")
+    if not isinstance(manifest, dict):
+        return Variant(fallback, vdir.name, vdir, {}, f"its manifest ({MANIFEST}) is not a JSON object")
+    name = manifest.get("name")
+    name = name if isinstance(name, str) and _NAME.match(name) else fallback
+    outside = _link_out(vdir)
+    if outside:
+        return Variant(name, vdir.name, vdir, manifest, f"it holds a link out of its folder: {outside}")
+    return Variant(name, vdir.name, vdir, manifest)
 
 
-def list_variants(name: str | None = None) -> list[Variant]:
-    """Every published variant (of `name`, if given), sorted by model then variant."""
-    root = paths.models_dir()
-    if name is not None:
-        dirs = [model_dir(name)]
-    else:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+def _link_out(folder: Path) -> str:
+    """The first file in `folder` that is a link leading outside it ("" when none): a runtime would read it."""
+    home = folder.resolve()
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for entry in dirs + files:
+            path = Path(root) / entry
+            if path.is_symlink() and not path.resolve().is_relative_to(home):
+                return f"{path.relative_to(folder)} -> {os.readlink(path)}"
+    return ""
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(Path(e.path) for e in os.scandir(folder) if not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def list_variants(name: str | None = None, *, damaged: bool = False) -> list[Variant]:
+    """Every published variant (of `name`, if given), sorted by model then variant; with `damaged`, also
+    those that must not run (a link, a corrupt manifest), each with its `problem`."""
+    dirs = [model_dir(name)] if name is not None else _entries(paths.models_dir())
     found = []
     for mdir in dirs:
+        if mdir.is_symlink():  # never followed: its "variants" live outside the store
+            found.append(Variant(mdir.name.replace("--", ":"), "", mdir, {}, _link_problem(mdir)))
+            continue
         if not mdir.is_dir():
             continue
-        for vdir in sorted(mdir.iterdir()):
-            if vdir.name.startswith(".") or not vdir.is_dir():
-                continue
-            manifest = _read(vdir)
-            if manifest is not None:
-                found.append(Variant(manifest.get("name", mdir.name.replace("--", ":")), vdir.name, vdir, manifest))
-    return found
+        for vdir in _entries(mdir):
+            v = _inspect(mdir, vdir)
+            if v is not None:
+                found.append(v)
+    return [v for v in found if damaged or not v.problem]
 
 
-def find(ref: str) -> list[Variant]:
+def find(ref: str, *, damaged: bool = False) -> list[Variant]:
     name, variant = parse_ref(ref)
-    variants = [v for v in list_variants(name) if variant is None or v.variant == variant]
-    return variants
+    variants = list_variants(name, damaged=damaged)
+    return [v for v in variants if variant is None or v.variant == variant]
 
 
-def get(ref: str) -> list[Variant]:
+def get(ref: str, *, damaged: bool = False) -> list[Variant]:
     """Like `find`, but an unknown reference is an error listing what the store has."""
-    variants = find(ref)
+    variants = find(ref, damaged=damaged)
     if not variants:
         have = sorted({v.name for v in list_variants()})
         listing = ", ".join(have) if have else "nothing yet"
-        raise ModelNotFoundError(f"no model {ref!r} in the store ({paths.models_dir()}); it has: {listing}")
+        hint = ""
+        if not damaged and find(ref, damaged=True):
+            hint = f" ({ref} is damaged: see `aipc list`, and remove it with `aipc rm {ref}`)"
+        raise ModelNotFoundError(f"no model {ref!r} in the store ({paths.models_dir()}){hint}; it has: {listing}")
     return variants
 
 
 def remove(ref: str) -> list[Variant]:
-    """Delete a model (every variant) or one `name@variant`; nothing else is touched."""
-    variants = get(ref)
+    """Delete a model (every variant, damaged ones too) or one `name@variant`; nothing else is touched. A
+    link is removed as a link: what it points to is never deleted."""
+    variants = get(ref, damaged=True)
     for v in variants:
+        if v.path.is_symlink():
+            v.path.unlink()
+            continue
         trash = v.path.parent / f".trash-{v.path.name}-{os.getpid()}-{time.time_ns()}"
         os.replace(v.path, trash)  # atomic: from here on nothing lists or runs it
-        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)  # rmtree removes links inside as links
     mdir = model_dir(variants[0].name)
-    if mdir.is_dir() and not any(p for p in mdir.iterdir() if not p.name.startswith(".")):
+    if not mdir.is_symlink() and mdir.is_dir() and not _entries(mdir):
         shutil.rmtree(mdir, ignore_errors=True)
     return variants
 
@@ -176,12 +231,60 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
+def check_free_space_for(needs: dict[Path, int]) -> None:
+    """`check_free_space` for several folders at once, adding up what lands on the same disk."""
+    by_disk: dict[int, list[Any]] = {}
+    for folder, needed in needs.items():
+        paths.make_dir(folder)
+        by_disk.setdefault(os.stat(folder).st_dev, [folder, 0])[1] += needed
+    for folder, needed in by_disk.values():
+        check_free_space(folder, needed)
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(doing: str, folder: Path) -> Iterator[None]:
+    """A full disk (ENOSPC, here or in a tool's output) anywhere inside becomes one line saying so."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise _disk_full(doing, folder) from None
+    except ConversionError as exc:  # a tool that died of it: its last line says so
+        if "No space left on device" not in str(exc) and "Errno 28" not in str(exc):
+            raise
+        raise _disk_full(doing, folder) from None
+
+
+def _disk_full(doing: str, folder: Path) -> ConversionError:
+    try:
+        free = human_size(shutil.disk_usage(folder).free)
+        st = os.statvfs(folder) if hasattr(os, "statvfs") else None
+        if st is not None and st.f_files and st.f_favail == 0:
+            free += " but no room for another file (no inodes left)"
+    except OSError:
+        free = "no space"
+    return ConversionError(
+        f"the disk filled up while {doing}: {free} free in {folder} (free some space, or set AIPC_HOME to a "
+        "larger disk); nothing was added to the store"
+    )
+
+
 def check_free_space(folder: Path, needed_bytes: int) -> None:
     """Refuse before starting when the disk cannot hold the result (with a 10% margin)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    paths.make_dir(folder)
     free = shutil.disk_usage(folder).free
     if free < needed_bytes * 1.1:
         raise UsageError(
-            f"not enough free disk space in {folder}: about {needed_bytes / 1e9:.1f} GB needed, "
-            f"{free / 1e9:.1f} GB free (set AIPC_HOME to a larger disk)"
+            f"not enough free disk space in {folder}: about {human_size(needed_bytes)} needed, "
+            f"{human_size(free)} free (set AIPC_HOME to a larger disk)"
         )
+
+
+def human_size(n: float) -> str:
+    """1234567 -> "1.2 MB" (decimal units, as disks are sold)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
