@@ -103,7 +103,7 @@ def test_a_refused_json_schema_does_not_leak_the_runtimes_build_paths(http):
     r = post(http, "/v1/chat/completions", body)
     assert r.status_code == 400
     message = r.json()["error"]["message"]
-    assert 'Unsupported type "frobnitz"' in message
+    assert "frobnitz" in message  # named by aipc's own schema check, before any runtime sees the schema
     for leak in ("/home/", "jenkins", ".cc", ".cpp", "src/", "_deps"):
         assert leak not in message, message
     assert not re.search(r"\[\d\d:\d\d:\d\d\]", message), message  # the runtime's log timestamp

@@ -230,8 +230,13 @@ def test_lm_eval_harness_log_likelihoods_equal_the_python_api(server, model, tmp
     """lm-evaluation-harness's `local-completions` model with `tokenizer_backend=remote` tokenizes through
     /tokenize, scores each choice through /v1/completions (token-id prompts, echo, logprobs 1, max_tokens 1), and
     its per-choice log-likelihoods equal the sum of `Model.prompt_logprobs` over the same continuation tokens."""
+    import huggingface_hub.constants as hub_constants
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set it for this test only, so later tests in this
+    # process (the hub look-alike's pulls) are not left offline.
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness (lm-eval[api]) is not installed")
     from lm_eval.tasks import TaskManager
 
