@@ -16,6 +16,7 @@ from aipc.backends.base import Backend, ModelInfo
 from aipc.backends.scoring import Scorer
 from aipc.engine import prompt, template
 from aipc.engine.config import GenerationConfig, LoadConfig
+from aipc.engine.defaults import OPTIONS, SamplingDefaults
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
 from aipc.errors import AipcError, ContextLengthError, ConversionError, GenerationError, UsageError
 
@@ -31,9 +32,12 @@ class Model:
         defaults: GenerationConfig,
         load_seconds: float,
         fallback: Callable[[], Backend | None] | None = None,
+        sampling: SamplingDefaults | None = None,
     ) -> None:
         self._backend = backend
         self.defaults = defaults
+        # Where each default sampling value came from (`--verbose` prints `sampling.summary()`).
+        self.sampling = sampling or SamplingDefaults({k: getattr(defaults, k) for k in OPTIONS})
         self.load_seconds = load_seconds
         self._fallback = fallback  # opens the model off the NPU when a prompt is over the NPU pipeline's limit
         self._alternative: Backend | None = None
@@ -247,19 +251,29 @@ def load(
     model: str | None = None,
     backend: str = "auto",
     device: str = "auto",
+    *,
+    sampling: dict[str, Any] | None = None,
     **load_options: Any,
 ) -> Model:
     """Open `model` (a catalog name or a path; None is the embedded default) on the best or chosen device.
 
+    Load options are `LoadConfig`'s (`context_length=N`, `kv_cache="q8"`, ...). Requests sample with the model's
+    defaults (`aipc.engine.defaults`) unless they say otherwise; `sampling` replaces some of those defaults
+    for every request (`sampling={"repetition_penalty": 1.2}`).
     If the best choice fails to load or compile, the next is tried, and the reason is logged in one line."""
     from aipc.backends import registry
+    from aipc.engine import defaults as sampling_defaults
     from aipc.store.resolve import resolve_all
 
     config = LoadConfig(backend=backend, device=device, **load_options)
+    overrides = {k: v for k, v in (sampling or {}).items() if v is not None}
+    GenerationConfig().updated(**overrides)  # a bad value fails before the (slow) load
     started = time.perf_counter()
     choices = registry.candidates(resolve_all(model), config)
     opened, source = _open_first(choices, config)
-    defaults = GenerationConfig().updated(**source.defaults)
+    resolved = sampling_defaults.resolve(source)
+    resolved = SamplingDefaults({**resolved.values, **overrides}, resolved.origins, resolved.model, overrides)
+    defaults = GenerationConfig().updated(**resolved.values)
     fallback = None
     if opened.info.device.startswith("npu"):
 
@@ -271,7 +285,7 @@ def load(
             except AipcError:
                 return None
 
-    return Model(opened, defaults, time.perf_counter() - started, fallback)
+    return Model(opened, defaults, time.perf_counter() - started, fallback, resolved)
 
 
 def _open_first(choices, config: LoadConfig) -> tuple[Backend, Any]:
