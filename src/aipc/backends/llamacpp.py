@@ -1,7 +1,16 @@
 """llama.cpp through llama-cpp-python: GGUF files on the CPU, with GPU offload where the build supports it.
 
-Generation is llama.cpp's own pull loop, so it needs no thread. `Llama.generate` keeps the KV cache of the
-longest prefix shared with the previous call, so a chat's next turn only evaluates the new tokens.
+aipc drives llama.cpp's evaluation and sampling itself (no thread is needed), for two reasons:
+
+- Sampling means what `GenerationConfig` says on every backend (`aipc.backends.sampling`), which
+  `Llama.generate`'s built-in sampler does not (its penalty sees only the last 64 generated tokens).
+- The same request gives the same tokens whatever the KV cache holds. A prompt is always evaluated in
+  chunks of PREFILL_CHUNK tokens that start at multiples of PREFILL_CHUNK, and a later prompt reuses only
+  whole chunks that an earlier prompt evaluated. Every position's keys and values are then computed by the
+  very same operations, on the same shapes, whether they come from the cache or not. (A chunk of a different
+  size, or a token evaluated alone, takes other matrix kernels, which round differently: enough to flip a
+  near-tie and change a greedy answer.) A chat's next turn re-evaluates at most the last PREFILL_CHUNK - 1
+  tokens of its history plus the previous answer, and reuses the rest.
 """
 
 from __future__ import annotations
@@ -24,12 +33,20 @@ from aipc.backends.base import (
     markup_tokens,
     refuse_unsupported,
 )
+from aipc.backends.sampling import Sampler
+from aipc.engine import context as ctx_policy
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import UsageError
 from aipc.store.resolve import ModelSource
 
-DEFAULT_CONTEXT = 4096
+# Tokens per prompt-evaluation step (llama.cpp's n_batch and n_ubatch), and the granularity of KV-cache reuse.
+PREFILL_CHUNK = 128
+# aipc's KV-cache types -> ggml types.
+_KV_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8": llama_cpp.GGML_TYPE_Q8_0}
+# llama.cpp's own default is f16. aipc keeps an 8-bit cache, as OpenVINO's CPU plugin does by default: for the
+# real-scale Phi-3-mini at 4096 tokens that is 816 MiB instead of 1536, decoding as fast (benchmarks/memory.py).
+DEFAULT_KV = "q8"
 
 
 class LlamaCppBackend:
@@ -43,25 +60,31 @@ class LlamaCppBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> LlamaCppModel:
-        return LlamaCppModel(source, device)
+        return LlamaCppModel(source, config, device)
 
 
 class LlamaCppModel:
-    def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
+    def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
+        from aipc.store.gguf_header import read_metadata
+
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
         self._gpu_layers = -1 if device.name == "gpu" else 0
-        self._llm = self._open(path, device)
-        trained = int(self._llm.metadata.get(f"{self._llm.metadata.get('general.architecture')}.context_length", 0))
-        self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        kv_type = config.kv_cache or DEFAULT_KV
+        dims = ctx_policy.dims_from_gguf(read_metadata(path))
+        self._ctx = ctx_policy.choose(
+            config.context_length, dims, kv_type, name=source.name, reserve_bytes=path.stat().st_size
+        )
+        self._llm = self._open(path, device, self._ctx, kv_type)
+        self._canonical: list[int] = []  # the prompt tokens whose KV was computed in whole, aligned chunks
+        self._reuse = config.prefix_cache is not False
+        self._n_vocab = self._llm.n_vocab()
         vocab = self._llm._model.vocab
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
         self._stop_ids = end_of_turn_ids(self.tokenize, self._decode_special)
         meta = self._llm.metadata
         kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         specials = markup_tokens(
-            self._decode_special([i])
-            for i in range(self._llm.n_vocab())
-            if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
+            self._decode_special([i]) for i in range(self._n_vocab) if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
         )
         self.info = ModelInfo(
             name=source.name,
@@ -78,13 +101,24 @@ class LlamaCppModel:
         )
 
     @staticmethod
-    def _open(path: Path, device: DeviceInfo) -> llama_cpp.Llama:
+    def _open(path: Path, device: DeviceInfo, n_ctx: int, kv_type: str) -> llama_cpp.Llama:
+        on_cpu = device.name != "gpu"
         try:
             return llama_cpp.Llama(
                 str(path),
-                n_ctx=DEFAULT_CONTEXT,
+                n_ctx=n_ctx,
+                n_batch=PREFILL_CHUNK,
+                n_ubatch=PREFILL_CHUNK,
                 n_threads=os.cpu_count(),
-                n_gpu_layers=-1 if device.name == "gpu" else 0,
+                n_gpu_layers=0 if on_cpu else -1,
+                type_k=_KV_TYPES[kv_type],
+                type_v=_KV_TYPES[kv_type],
+                # A quantized V cache needs flash attention in llama.cpp (with an f16 cache it decodes slower here).
+                flash_attn=kv_type == "q8",
+                # On the CPU llama.cpp repacks the weights of common quantizations (q4_0, q4_K, ...) into its
+                # own layout; with the file mapped as well, the weights were resident twice (5.6 GB of peak
+                # memory for Phi-3-mini's 2.15 GB q4_0). Reading the file instead keeps one copy.
+                use_mmap=not on_cpu,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -99,6 +133,24 @@ class LlamaCppModel:
     def detokenize(self, ids) -> str:
         return self._decode_special([int(i) for i in ids])
 
+    def _prefill(self, ids: list[int]) -> None:
+        """Evaluate `ids`, reusing the cached whole chunks it starts with; see the module's docstring."""
+        shared = 0
+        for a, b in zip(self._canonical if self._reuse else (), ids, strict=False):
+            if a != b:
+                break
+            shared += 1
+        keep = min(shared, len(ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+        llm = self._llm
+        llm.n_tokens = keep  # eval() drops the KV cache past n_tokens first
+        self._canonical = []  # unknown until the evaluation below completes
+        llm.eval(ids[keep:])  # in n_batch = PREFILL_CHUNK pieces, from a multiple of PREFILL_CHUNK
+        self._canonical = ids[: len(ids) // PREFILL_CHUNK * PREFILL_CHUNK]
+
+    def _logits(self) -> np.ndarray:
+        row = self._llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(row, shape=(self._n_vocab,))
+
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
@@ -106,43 +158,28 @@ class LlamaCppModel:
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
-        if config.seed is not None:
-            self._llm.set_seed(config.seed)
-        sampling = (
-            {"temp": 0.0, "top_k": 1}
-            if config.greedy
-            else {
-                "temp": config.temperature,
-                "top_p": config.top_p,
-                "top_k": config.top_k,
-                "min_p": 0.0,
-            }
-        )
+        sample = Sampler(config, ids, self._n_vocab)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated = 0
         produced: list[int] = []
         reason = "length"
-        tokens = self._llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **sampling)
-        try:
-            for token in tokens:
-                generated += 1
-                produced.append(token)
-                if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
-                    reason = "stop"
-                    break
-                # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across
-                # tokens (llama-cpp-python's tokenizer ignores prev_tokens, so none are kept).
-                text = decoder.decode(self._llm.detokenize([token]))
-                if text:
-                    yield TextDelta(text, _now())
-                if cancel.is_set():
-                    reason = "cancelled"
-                    break
-                if generated >= max_tokens:
-                    break
-        finally:
-            tokens.close()
-        yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
+        self._prefill(ids)
+        while True:
+            token = sample(self._logits())
+            produced.append(token)
+            if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
+                reason = "stop"
+                break
+            # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across tokens.
+            text = decoder.decode(self._llm.detokenize([token]))
+            if text:
+                yield TextDelta(text, _now())
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+            if len(produced) >= max_tokens:
+                break
+            self._llm.eval([token])
+        yield Finished(reason, n_prompt, len(produced), _now(), tuple(produced))
 
     def scorer(self) -> LlamaCppScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same
@@ -150,8 +187,9 @@ class LlamaCppModel:
         return LlamaCppScorer(Path(self.info.path), self._gpu_layers)
 
     def reset_cache(self) -> None:
-        """Forget the KV cache `Llama.generate` keeps for a shared prompt prefix."""
+        """Forget the KV cache kept for a shared prompt prefix."""
         self._llm.reset()
+        self._canonical = []
 
     def close(self) -> None:
         if self._llm is not None:

@@ -1,0 +1,59 @@
+"""aipc's sampling, for runtimes whose built-in sampler means something else.
+
+`GenerationConfig` defines one sampling for every backend: the repetition penalty over the distinct tokens of
+the whole sequence (prompt and answer so far; CTRL's rule: positive logits divided by it, negative ones
+multiplied), then temperature, top_k, top_p, then a draw. transformers, OpenVINO GenAI and ONNX Runtime GenAI
+sample that way themselves. llama-cpp-python's `Llama.generate` does not: its penalty sees only the last 64
+generated tokens (never the prompt) and its chain applies top_k/top_p before the temperature. The llama.cpp
+backend samples here instead, from the logits llama.cpp computes: numpy over one vocabulary row per token, a
+fraction of a millisecond next to a decode step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from aipc.engine.config import GenerationConfig
+
+
+class Sampler:
+    """Picks each next token from a logits row, remembering every token of the sequence for the penalty."""
+
+    def __init__(self, config: GenerationConfig, prompt: Iterable[int], vocab_size: int) -> None:
+        self._greedy = config.greedy
+        self._temperature = float(config.temperature)
+        self._top_k = int(config.top_k)
+        self._top_p = float(config.top_p)
+        self._penalty = float(config.repetition_penalty)
+        self._seen = np.zeros(vocab_size, dtype=bool)
+        ids = np.fromiter((int(t) for t in prompt), dtype=np.int64)
+        self._seen[ids[(ids >= 0) & (ids < vocab_size)]] = True
+        # A seed gives the same draws every time; without one, fresh entropy.
+        self._rng = np.random.default_rng(config.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        x = np.array(logits, dtype=np.float32, copy=True)
+        if self._penalty != 1.0:
+            seen = x[self._seen]
+            x[self._seen] = np.where(seen < 0, seen * self._penalty, seen / self._penalty)
+        token = int(np.argmax(x)) if self._greedy else self._draw(x)
+        if 0 <= token < self._seen.size:
+            self._seen[token] = True
+        return token
+
+    def _draw(self, x: np.ndarray) -> int:
+        x = x / self._temperature
+        ids = np.arange(x.size)
+        if 0 < self._top_k < x.size:
+            ids = np.argpartition(-x, self._top_k - 1)[: self._top_k]
+        order = ids[np.argsort(-x[ids], kind="stable")]
+        z = x[order].astype(np.float64)
+        probs = np.exp(z - z[0])
+        probs /= probs.sum()
+        if self._top_p < 1.0:
+            # The smallest set of most likely tokens whose probability reaches top_p (at least one).
+            keep = int(np.searchsorted(np.cumsum(probs), self._top_p)) + 1
+            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        return int(order[self._rng.choice(order.size, p=probs)])
