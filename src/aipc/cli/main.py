@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=float, help="nucleus sampling mass, in (0, 1]")
     run.add_argument("--top-k", type=int, help="sample from the K most likely tokens (>= 0; 0 disables)")
     run.add_argument("--seed", type=int, help="random seed for reproducible sampling (>= 0)")
+    run.add_argument(
+        "--repeat-penalty",
+        type=float,
+        help="divide the logits of tokens already in the prompt or answer by this (> 0; 1 disables; "
+        "default: the model's, else 1.1)",
+    )
+    _add_load_options(run)
     run.add_argument("--system", help="system prompt")
     run.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     run.add_argument(
@@ -81,13 +88,31 @@ def _add_serve(sub) -> None:
     serve.add_argument(
         "--allowed-host", action="append", default=[], metavar="NAME", help="another Host name to answer to"
     )
-    serve.add_argument("--context-length", type=int, help="prompt + answer tokens allowed (default: the model's)")
+    serve.add_argument(
+        "--repeat-penalty", type=float, help="the default repetition penalty of requests that do not set one"
+    )
+    _add_load_options(serve)
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     serve.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM (default 30)"
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
     serve.set_defaults(handler="aipc.cli.serve:command")
+
+
+def _add_load_options(parser) -> None:
+    """Options fixed when the model is opened, the same for run and serve."""
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        metavar="N",
+        help="prompt + answer tokens the model holds (default: its trained context, capped to fit free memory)",
+    )
+    parser.add_argument(
+        "--kv-cache",
+        metavar="TYPE",
+        help="KV-cache element type: f32, f16 or q8 (llama.cpp q8_0, OpenVINO u8; default: the runtime's)",
+    )
 
 
 def _add_model_commands(sub) -> None:

@@ -22,7 +22,8 @@ def command(args: argparse.Namespace) -> int:
     # Validate every option before the (slow) load, so mistakes answer at once.
     options = generation_options(args)
     GenerationConfig().updated(**options)
-    LoadConfig(backend=args.backend, device=args.device)
+    load_options = {"context_length": args.context_length, "kv_cache": args.kv_cache}
+    LoadConfig(backend=args.backend, device=args.device, **load_options)
 
     interactive = prompt is None and (args.interactive or sys.stdin.isatty())
     if prompt is None and not interactive:
@@ -35,8 +36,10 @@ def command(args: argparse.Namespace) -> int:
     import aipc
 
     with _status(f"loading {model_name or 'the default model'}…"):
-        model = aipc.load(model_name, backend=args.backend, device=args.device)
+        model = aipc.load(model_name, backend=args.backend, device=args.device, **load_options)
     with model:
+        if args.verbose:
+            print(model.sampling.summary(options), file=sys.stderr)
         if interactive:
             from aipc.cli.chat import ChatSession
 
@@ -48,8 +51,9 @@ def command(args: argparse.Namespace) -> int:
 
 
 def generation_options(args: argparse.Namespace) -> dict:
-    names = ("max_tokens", "temperature", "top_p", "top_k", "seed")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    names = {n: n for n in ("max_tokens", "temperature", "top_p", "top_k", "seed")}
+    names["repetition_penalty"] = "repeat_penalty"
+    return {n: getattr(args, a) for n, a in names.items() if getattr(args, a) is not None}
 
 
 def print_stream(events: Iterator[Event], out: TextIO) -> Done | None:

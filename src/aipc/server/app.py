@@ -73,7 +73,15 @@ class ServerState:
 
             s = self.settings
             try:
-                model = aipc.load(s.model, backend=s.backend, device=s.device, parallel=s.parallel)
+                model = aipc.load(
+                    s.model,
+                    backend=s.backend,
+                    device=s.device,
+                    parallel=s.parallel,
+                    context_length=s.context_length,
+                    kv_cache=s.kv_cache,
+                    sampling={"repetition_penalty": s.repetition_penalty},
+                )
             except BaseException as exc:
                 outcome: tuple[Callable[[Any], None], Any] = (self._failed, exc)
             else:
