@@ -44,7 +44,7 @@ def main() -> int:
 
     model = aipc.load(args.model, backend="openvino", device=args.device)
     device = next(d for d in registry.get("openvino").devices() if model.info.device.startswith(d.name))
-    props = pipeline_properties(LoadConfig(device=args.device), device)
+    props = pipeline_properties(LoadConfig(device=args.device), device, Path(model.info.path))
     raw = ov_genai.LLMPipeline(model.info.path, device.runtime_name, **props)
     prompt_text = model.format([{"role": "user", "content": PROMPT}])
     inputs = raw.get_tokenizer().encode(prompt_text, add_special_tokens=False)

@@ -10,6 +10,8 @@ this process, reading the SSE stream as any client would.
 2. Aggregate: a `--parallel N` server (continuous batching) and N clients at once, each asking for
    `--max-tokens` tokens; aggregate tokens/s = all completion tokens / wall time of the round.
    `--compare-queue` also runs a `--parallel 1` server (requests queue) for contrast.
+3. Two models (`--two-models`, or `--only-two-models`): one server holding the embedded model and a stored copy
+   of it, N clients on one model, then N split between both (each model has its own `--parallel` slots).
 
     python benchmarks/server_throughput.py --json benchmarks/results/server_throughput.json
 """
@@ -54,9 +56,10 @@ class Server:
             self.proc.kill()
 
 
-async def stream_once(client, url: str, max_tokens: int) -> dict:
+async def stream_once(client, url: str, max_tokens: int, model: str | None = None) -> dict:
     """One streamed chat completion; times taken where the client receives the events."""
     body = {
+        **({"model": model} if model else {}),
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -169,6 +172,57 @@ async def aggregate(args: argparse.Namespace, parallel: int) -> dict:
     return {"server": server.line, "clients": levels}
 
 
+async def two_models(args: argparse.Namespace) -> dict:
+    """N clients on one model, then the same N split between two models loaded in the same server (each model
+    with its own --parallel slots): aggregate tokens/s of both."""
+    import httpx
+
+    from aipc.server import library
+    from aipc.store import store
+
+    second = "smollm2-bench-b"
+    if not store.find(second):
+        library.copy("smollm2:135m", second)
+    server = Server("--parallel", str(args.parallel), "--device", args.device, "--max-loaded", "2")
+    levels = {}
+    try:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            for model in ("smollm2:135m", second):  # warm-up, and the second model's load
+                await stream_once(client, server.url, 16, model)
+            for n in args.clients:
+                if n < 2:
+                    continue
+                result = {}
+                for label, models in (
+                    ("one_model", ["smollm2:135m"] * n),
+                    ("two_models", ["smollm2:135m", second] * (n // 2)),
+                ):
+                    rounds = []
+                    for _ in range(args.rounds_aggregate):
+                        start = time.perf_counter()
+                        runs = await asyncio.gather(
+                            *(stream_once(client, server.url, args.max_tokens, m) for m in models)
+                        )
+                        wall = time.perf_counter() - start
+                        tokens = sum(r["tokens"] for r in runs)
+                        rounds.append(
+                            {"tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 1)}
+                        )
+                    result[label] = {
+                        "aggregate_tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in rounds),
+                        "rounds": rounds,
+                    }
+                levels[str(n)] = result
+                print(
+                    f"  {n} clients: one model {result['one_model']['aggregate_tokens_per_s_median']} tokens/s, "
+                    f"two models {result['two_models']['aggregate_tokens_per_s_median']} tokens/s"
+                )
+    finally:
+        server.close()
+    return {"server": server.line, "second_model": second, "clients": levels}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -180,6 +234,8 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=8, help="the batching server's --parallel (default 8)")
     ap.add_argument("--compare-queue", action="store_true", help="also measure a --parallel 1 server")
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--two-models", action="store_true", help="also serve two models at once (N clients split)")
+    ap.add_argument("--only-two-models", action="store_true", help="measure only the two-model case")
     ap.add_argument("--json", type=Path, help="write the results here too")
     args = ap.parse_args()
 
@@ -187,6 +243,11 @@ def main() -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
     }
+    if args.two_models or args.only_two_models:
+        print(f"two models at once: --parallel {args.parallel} each…")
+        results["two_models"] = asyncio.run(two_models(args))
+    if args.only_two_models:
+        return _write(results, args)
     if not args.skip_overhead:
         print("overhead: HTTP streaming vs in-process Model.stream…")
         results["overhead"] = asyncio.run(overhead(args))
@@ -201,6 +262,10 @@ def main() -> int:
     if args.compare_queue:
         print("aggregate: --parallel 1 (queued)…")
         results["aggregate"]["parallel_1"] = asyncio.run(aggregate(args, 1))
+    return _write(results, args)
+
+
+def _write(results: dict, args: argparse.Namespace) -> int:
     text = json.dumps(results, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ def test_bench_cli_writes_table_json_csv_and_chart_and_teaches_auto(tmp_path):
     with open(out.with_suffix(".csv")) as fh:
         assert len(list(csv.DictReader(fh))) == 4
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote the chart (next-token latency by input length) to {out}.png" in result.stdout
     assert "auto will choose it" in result.stdout
     fastest = json.loads((home / "bench" / "fastest.json").read_text())["smollm2:135m|cpu"]
     assert fastest["backend"] in ("openvino", "llamacpp") and fastest["tokens_per_s"] > 0
@@ -49,3 +50,28 @@ def test_bench_cli_writes_table_json_csv_and_chart_and_teaches_auto(tmp_path):
 def test_bench_rejects_bad_lengths():
     result = run_cli("bench", "--prompt-lengths", "32,lots")
     assert result.returncode == 2 and "--prompt-lengths takes comma-separated token counts" in result.stderr
+
+
+def test_each_configuration_measures_its_own_variant(tmp_path):
+    """With a stored variant beside the embedded model, the embedded (q4_1) configurations used to name the
+    model alone, so their worker opened the stored variant: q4_1 rows with the other variant's size, memory and
+    path, and a fastest.json pairing 'q4_1' with that path. Each configuration now names its source."""
+    from aipc.store.resolve import resolve
+
+    home = tmp_path / "home"
+    env = {"AIPC_HOME": str(home)}
+    made = run_cli("convert", "smollm2:135m", "--to", "gguf", "--precision", "q8_0", env=env, timeout=600)
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "b.json"
+    args = ["--backends", "llamacpp", "--prompt-lengths", "16", "--gen-tokens", "4", "--repeats", "1", "--warmup", "0"]
+    result = run_cli("bench", *args, "--json", str(out), env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {r["config"]: r for r in json.loads(out.read_text())["results"]}
+    q41, q80 = rows["smollm2:135m llamacpp q4_1 cpu"], rows["smollm2:135m llamacpp q8_0 cpu"]
+    assert q41["model"] == "smollm2:135m@embedded" and q41["path"] == str(resolve(None).path)
+    assert q80["model"] == "smollm2:135m@gguf-q8_0" and "gguf-q8_0" in q80["path"]
+    assert q80["model_bytes"] > 1.3 * q41["model_bytes"]  # q8_0 weights are bigger than q4_1's
+    fastest = json.loads((home / "bench" / "fastest.json").read_text())["smollm2:135m|cpu"]
+    row = q41 if fastest["variant"] == "embedded" else q80
+    assert fastest["path"] == row["path"] and fastest["config"] == row["config"]
+    assert f"wrote the results as JSON to {out}" in result.stdout

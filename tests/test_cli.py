@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -66,7 +67,10 @@ def test_prompt_from_a_pipe():
         (["--device", "npu"], "set AIPC_EMULATE_NPU=1"),
         (["--backend", "onnx"], "unknown backend 'onnx': valid backends are auto, openvino, onnxruntime, llamacpp"),
         (["--backend", "onnxruntime"], "backend 'onnxruntime' does not load gguf models (formats: onnxruntime"),
-        (["-m", "nosuch:model"], "unknown model 'nosuch:model': valid names are smollm2:135m, phi3:mini"),
+        (
+            ["-m", "nosuch:model"],
+            "unknown model 'nosuch:model': valid names are smollm2:135m (smollm2)",
+        ),
         (["-m", "missing/model.gguf"], "no such file or folder: missing/model.gguf"),
         (["-m", "phi3:mini"], "is not in the store"),
     ],
@@ -128,8 +132,8 @@ def test_interactive_chat_over_a_pipe_keeps_history_and_commands():
     result = run_cli("run", "smollm2:135m", "-i", "--temperature", "0", "--max-tokens", "40", input=script + "\n")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "(no system prompt)" in out and "Conversation cleared." in out
-    before_clear, after_clear = out.split("Conversation cleared.")
+    assert "No system message was specified for this model." in out and "Cleared session context" in out
+    before_clear, after_clear = out.split("Cleared session context")
     first_answer = run_cli(
         "run",
         "smollm2:135m",
@@ -146,8 +150,40 @@ def test_interactive_chat_over_a_pipe_keeps_history_and_commands():
     assert after_clear.count("\n") >= 2  # the multi-line message got an answer too
 
 
-def _read_until(fd: int, pattern: str, timeout: float = 120.0) -> str:
-    buf = ""
+def run_in_terminal(
+    args: list[str], env: dict | None = None, columns: int = 80, timeout: float = 300
+) -> tuple[str, int]:
+    """`aipc ARGS` on a pseudo-terminal (stdin, stdout and stderr all a terminal): its output and exit status."""
+    import fcntl
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        # The window size comes from the terminal: COLUMNS/LINES (which pytest sets) would override it.
+        child_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in ("COLUMNS", "LINES")}
+        os.execve(sys.executable, [sys.executable, "-m", "aipc", *args], child_env)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return out.decode(errors="replace"), os.WEXITSTATUS(status)
+
+
+def _read_until(fd: int, pattern: str, timeout: float = 120.0, buf: str = "") -> str:
     deadline = time.monotonic() + timeout
     while pattern not in buf:
         remaining = deadline - time.monotonic()
@@ -168,6 +204,7 @@ def _read_until(fd: int, pattern: str, timeout: float = 120.0) -> str:
 def test_interactive_chat_in_a_terminal_ctrl_c_stops_answer_ctrl_d_leaves():
     pid, fd = pty.fork()
     if pid == 0:  # child: the CLI on a real terminal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test run started in the background inherits it ignored
         os.execv(sys.executable, [sys.executable, "-m", "aipc", "run", "smollm2:135m", "--max-tokens", "2000"])
     try:
         _read_until(fd, ">>> ")
@@ -200,3 +237,100 @@ def test_interactive_chat_in_a_terminal_ctrl_c_stops_answer_ctrl_d_leaves():
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def _stats(stderr: str) -> dict:
+    line = stderr.strip().splitlines()[-1]
+    return {
+        "prompt": int(re.search(r"prompt (\d+) tokens", line).group(1)),
+        "ran": line.rsplit(" | ", 1)[1],
+    }
+
+
+def test_prose_with_a_colon_is_a_prompt_and_piped_text_comes_first():
+    args = ["run", "--verbose", "--temperature", "0", "--max-tokens", "1"]
+    alone = run_cli(*args, "Summarise:")
+    assert alone.returncode == 0, alone.stderr  # not "unknown model 'Summarise:'"
+    assert re.fullmatch(r"smollm2:135m@embedded \(q4_1 GGUF\) on \w+/cpu", _stats(alone.stderr)["ran"])
+    piped = run_cli(*args, input="Translate into French: good morning\n")
+    both = run_cli(*args, "Summarise:", input="Translate into French: good morning\n")
+    assert piped.returncode == 0 and both.returncode == 0, both.stderr
+    # Both reach the model: the prompt holds the piped text and the words (the template's markup counted once).
+    assert _stats(both.stderr)["prompt"] > max(_stats(alone.stderr)["prompt"], _stats(piped.stderr)["prompt"])
+
+
+def test_dashes_make_any_word_the_prompt():
+    result = run_cli("run", "--verbose", "--max-tokens", "1", "--", "phi3")
+    assert result.returncode == 0, result.stderr  # 'phi3' asked of the default model, not run as a model
+    assert _stats(result.stderr)["ran"].startswith("smollm2:135m@embedded")
+    flag = run_cli("run", "--verbose", "--max-tokens", "1", "-p", "phi3")
+    assert flag.returncode == 0 and _stats(flag.stderr)["ran"].startswith("smollm2:135m@embedded")
+
+
+def _answer(out: str) -> str:
+    """What the answer printed on a terminal: after the load spinner's last erase, ANSI sequences removed."""
+    text = out.replace("\r\n", "\n").rsplit("\033[K", 1)[-1]
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip("\n")
+
+
+def test_answers_wrap_at_word_boundaries_in_a_terminal_only():
+    args = ["run", "--temperature", "0", "--max-tokens", "90", "Describe the sea in four long sentences."]
+    out, status = run_in_terminal(args, columns=40)
+    assert status == 0, out
+    answer = _answer(out)
+    lines = answer.splitlines()
+    assert len(lines) >= 3 and max(len(line) for line in lines) <= 39, answer
+    piped = run_cli(*args)  # a pipe gets the raw stream
+    assert piped.returncode == 0
+    assert piped.stdout.split() == answer.split()  # the same words, none cut in two
+    raw, status = run_in_terminal([*args, "--nowordwrap"], columns=40)
+    assert status == 0 and _answer(raw).split() == answer.split()
+    assert max(len(line) for line in _answer(raw).splitlines()) > 39  # not wrapped: the terminal wraps it
+
+
+def test_chat_commands_set_show_save_load_exit(tmp_path):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["AIPC_HOME"] = str(tmp_path / "home")
+        os.execv(sys.executable, [sys.executable, "-m", "aipc", "run", "smollm2", "--temperature", "0"])
+    try:
+        out = _read_until(fd, ">>> ")
+        assert "loading smollm2" in out  # the spinner while the model loads
+        assert "Chatting with smollm2 (smollm2:135m@embedded (q4_1 GGUF)) on " in out
+
+        def say(line: str, expect: str) -> str:
+            """Type a line; read until `expect` and the prompt after it (the terminal may echo the line
+            before the prompt it was typed at is printed: only text after `expect` counts as the next prompt)."""
+            os.write(fd, line.encode() + b"\r")
+            buf = _read_until(fd, expect, timeout=90)
+            head, tail = buf.split(expect, 1)
+            return head + expect + _read_until(fd, ">>> ", timeout=90, buf=tail)
+
+        say("/set parameter num_predict 3", "Set parameter 'num_predict' to '3'")
+        say("/set parameter temperature hot", "Couldn't set parameter")
+        say("/set parameter stop Arr Yo", "Set parameter 'stop' to 'Arr, Yo'")
+        shown = say("/show parameters", "User defined parameters:")
+        assert "max_tokens" not in shown and re.search(r"num_predict\s+3", shown) and "temperature" in shown
+        say("/set system You are a pirate.", "Set system message.")
+        say("/show system", "You are a pirate.")
+        say("/show template", "<|im_start|>")
+        say("/show info", "architecture      llama")
+        say("/nope", "Unknown command '/nope'")
+        os.write(fd, b"Hello\r")  # answered (3 tokens) before the next line is read
+        say("/save pirate-chat", "Created new model 'pirate-chat'")
+        say("/load phi5", "Couldn't load model 'phi5'")
+        loaded = say("/load pirate-chat", ">>> Hello")  # the saved conversation, replayed
+        assert "Loading model 'pirate-chat'" in loaded
+        say("/clear", "Cleared session context")
+        os.write(fd, b"/exit\r")
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    shown = run_cli("show", "pirate-chat", env={"AIPC_HOME": str(tmp_path / "home")}).stdout
+    assert "You are a pirate." in shown and re.search(r"num_predict\s+3", shown) and '"Arr"' in shown

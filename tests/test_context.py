@@ -115,3 +115,48 @@ def test_npu_context_length_sets_the_static_pipeline_limits(phi3_fixtures, monke
     with aipc.load("smollm2:135m", device="npu", context_length=512) as model:
         assert model.info.device.startswith("npu")
         assert model.info.context_length == 512 and model.info.max_prompt_tokens == 384
+
+
+def test_serve_load_options_reach_the_runtime_and_the_ollama_options(tiny_on):
+    """`aipc serve --context-length 300 --kv-cache f16 --repeat-penalty 1.3`: the model the pool loads holds
+    300 tokens and samples with that penalty; Ollama's num_ctx narrows one request; a prompt over the context is
+    a 400 naming the limit."""
+    import httpx
+
+    from aipc.server.settings import ServerSettings
+    from tests.test_server_support import LiveServer
+
+    settings = ServerSettings(
+        model=tiny_on["llamacpp"](),
+        backend="llamacpp",
+        device="cpu",
+        context_length=300,
+        kv_cache="f16",
+        repetition_penalty=1.3,
+    )
+    with LiveServer(settings) as srv:
+        body = {"model": settings.model, "prompt": "hello", "raw": True, "stream": False}
+        r = httpx.post(srv.url + "/api/generate", json=body | {"options": {"num_predict": 4}}, timeout=120)
+        assert r.status_code == 200, r.text
+        [entry] = srv.state.pool.running()
+        assert entry.model.info.context_length == 300
+        assert entry.model.defaults.repetition_penalty == 1.3
+        assert "repeat_penalty 1.3" in entry.model.sampling.summary()
+        long = body | {"prompt": "hello " * 400, "options": {"num_predict": 4, "repeat_penalty": 1.0}}
+        r = httpx.post(srv.url + "/api/generate", json=long, timeout=120)
+        assert r.status_code == 400 and "299 tokens" in r.text, r.text  # the prompt's limit: 300 less one
+        r = httpx.post(srv.url + "/api/generate", json=body | {"prompt": "hello " * 60, "options": {"num_ctx": 40}})
+        assert r.status_code == 400 and "40" in r.text, r.text
+
+
+def test_llamacpp_keeps_a_q8_cache_only_where_the_head_size_allows_it(phi3_fixtures, fixtures_root):
+    """q8_0 packs 32 values per block: the tiny fixture's 16-wide heads get f16 by default, and q8 asked for is
+    refused with the reason."""
+    from aipc.errors import UsageError
+
+    gguf = str(_f32_gguf(phi3_fixtures["tiny-longrope"], fixtures_root / "longrope-f32.gguf"))
+    with aipc.load(gguf, backend="llamacpp", device="cpu", context_length=512) as model:
+        *_, done = model.stream("hello", raw=True, temperature=0, max_tokens=2, ignore_eos=True)
+        assert done.usage.completion_tokens == 2
+    with pytest.raises(UsageError, match="multiple of 32 on llama.cpp.*is 16: use f16 or f32"):
+        aipc.load(gguf, backend="llamacpp", device="cpu", context_length=512, kv_cache="q8")

@@ -23,12 +23,16 @@ def test_ollama_defaults_fill_what_nothing_else_sets(tmp_path):
 
 def test_the_model_files_then_the_catalog_win(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_p": 0.95, "top_k": 20}))
-    source = ModelSource("m", "hf", tmp_path, defaults={"temperature": 0.3})
+    source = ModelSource("phi3:mini", "hf", tmp_path, defaults={"temperature": 0.3})
     found = defaults.resolve(source)
     assert found.values == {"temperature": 0.3, "top_k": 20, "top_p": 0.95, "repetition_penalty": 1.1}
     assert found.origins["temperature"] == "aipc's catalog"
     assert found.origins["top_k"] == "generation_config.json"
     assert found.origins["repetition_penalty"] == defaults.ORIGIN_BASE
+    # A created model's PARAMETERs (`aipc create`) win over its base's files the same way, and say so.
+    created = defaults.resolve(ModelSource("my-model", "hf", tmp_path, defaults={"repetition_penalty": 1.3}))
+    assert created.values["repetition_penalty"] == 1.3 and created.values["top_k"] == 20
+    assert created.origins["repetition_penalty"] == "its Modelfile"
 
 
 def test_greedy_authors_and_hostile_files(tmp_path):
@@ -178,3 +182,13 @@ def test_bad_load_and_sampling_options_are_one_line_exit_2(args, fragment):
     result = run_cli("run", *args, "Hi")
     assert result.returncode == 2
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_show_prints_the_sampling_that_run_applies():
+    from tests.conftest import run_cli
+
+    shown = run_cli("show", "smollm2", "--parameters")
+    assert shown.returncode == 0, shown.stderr
+    params = dict(ln.split(None, 1) for ln in shown.stdout.splitlines() if ln.strip())
+    # The catalog's temperature, top_p and penalty, and Ollama's top_k for what the catalog leaves out.
+    assert params == {"temperature": "0.2", "top_p": "0.9", "repeat_penalty": "1.1", "top_k": "40"}

@@ -30,7 +30,8 @@ def test_hub_model_unreachable_says_what_to_do():
         resolve("phi4:mini")
     message = str(info.value)
     assert "'phi4:mini' is not in the store" in message and "cannot be reached" in message
-    assert "local path" in message and "\n" not in message
+    assert "hf download OpenVINO/Phi-4-mini-instruct-int4-ov" in message
+    assert "aipc pull phi4:mini --from Phi-4-mini-instruct-int4-ov" in message and "\n" not in message
 
 
 def test_unknown_name_lists_valid_names():
@@ -61,6 +62,7 @@ def test_model_or_prompt():
     assert looks_like_model("smollm2:135m") and looks_like_model("phi9:tiny") and looks_like_model("./m.gguf")
     assert not looks_like_model("What is the capital of France?")
     assert not looks_like_model("hello")
+    assert not looks_like_model("Summarise:")  # a colon with nothing after it is prose, not a tag
 
 
 @pytest.mark.parametrize("bad", ["../evil", "a/b", "..", ".", "/abs", "a\\b", "", "a:b:c", "x..y"])

@@ -75,7 +75,13 @@ def test_a_queued_request_whose_client_left_never_runs(single):
     running.close()
     wait_for(lambda: health(single)["running"] == 0, timeout=1.0)
     time.sleep(0.5)  # had the left request been kept, it would hold the slot now
-    assert health(single) | {"model": None} == {"status": "ok", "model": None, "running": 0, "queued": 0}
+    assert health(single) | {"model": None, "models": None} == {
+        "status": "ok",
+        "model": None,
+        "running": 0,
+        "queued": 0,
+        "models": None,
+    }
 
 
 def test_generation_does_not_block_the_event_loop(single):

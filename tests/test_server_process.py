@@ -35,7 +35,8 @@ def test_health_is_503_loading_until_the_model_is_ready_then_one_ready_line():
         wait_for(ready, timeout=120, interval=0.05)
         line = srv.wait_ready(timeout=10)
         assert line.strip().startswith(f"aipc: serving smollm2:135m on openvino/cpu at http://127.0.0.1:{port}/")
-        assert (503, {"status": "loading"}) in seen  # the server answered before the model was loaded
+        # the server answered before the model was loaded
+        assert (503, {"status": "loading", "model": "smollm2:135m"}) in seen
         assert {s for s, _ in seen[:-1]} <= {503} and seen[-1][0] == 200
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat_body(), timeout=30)
         assert "Paris" in r.json()["choices"][0]["message"]["content"]

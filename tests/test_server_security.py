@@ -36,6 +36,7 @@ def call(live: LiveServer, method: str, path: str, *, key: str | None = KEY, **h
 
 ROUTES = [("GET", "/v1/models"), ("GET", "/v1/models/smollm2:135m"), ("POST", "/v1/chat/completions")]
 ROUTES += [("POST", "/v1/completions"), ("GET", "/v1/nowhere")]
+ROUTES += [("GET", "/api/tags"), ("GET", "/api/ps"), ("GET", "/api/version"), ("GET", "/metrics")]
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -43,8 +44,11 @@ def test_every_api_route_needs_the_key(guarded, method, path):
     for key, why in ((None, "missing API key"), ("wrong-key-0000", "incorrect API key")):
         r = call(guarded, method, path, key=key)
         assert r.status_code == 401, (key, r.text)
-        assert r.json()["error"]["type"] == "authentication_error"
-        assert why in r.json()["error"]["message"]
+        if path.startswith("/api/"):  # Ollama's error shape
+            assert why in r.json()["error"]
+        else:
+            assert r.json()["error"]["type"] == "authentication_error"
+            assert why in r.json()["error"]["message"]
         assert r.headers["www-authenticate"] == "Bearer"
     r = call(guarded, method, path)
     assert r.status_code in (200, 404), r.text  # the right key gets through (404: the unknown route)
@@ -64,7 +68,7 @@ def test_openai_client_with_a_wrong_key_gets_authentication_error(guarded):
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
     good = OpenAI(base_url=guarded.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
-    assert [m.id for m in good.models.list().data] == ["smollm2:135m"]
+    assert "smollm2:135m" in [m.id for m in good.models.list().data]
 
 
 def test_openai_client_through_a_foreign_host_name_gets_permission_denied(guarded):

@@ -25,16 +25,16 @@ START_TIMEOUT_S = 120  # a subprocess imports OpenVINO and loads the model; slow
 
 
 class LiveServer:
-    """uvicorn in a thread, on 127.0.0.1 and a free port, serving `model` with `settings`."""
+    """uvicorn in a thread, on 127.0.0.1 and a free port (or `port`), serving `model` with `settings`."""
 
-    def __init__(self, settings: Any, model: Any = None, *, lifespan: str = "on") -> None:
+    def __init__(self, settings: Any, model: Any = None, *, lifespan: str = "on", port: int = 0) -> None:
         import uvicorn
 
         from aipc.server.app import create_app
         from aipc.server.runner import bind, url_of
 
         self.app, self.state = create_app(settings, model=model)
-        sock = bind("127.0.0.1", 0)
+        sock = bind("127.0.0.1", port)
         self.url = url_of(sock)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=10)
@@ -174,3 +174,29 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> float:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
     return time.monotonic() - start
+
+
+def stored_copy(name: str, source: str = "smollm2:135m") -> str:
+    """A second real model: the embedded model's file stored under another name (hard-linked, no space),
+    as `POST /api/copy` makes it. Its first load converts it to OpenVINO IR once for the test store."""
+    from aipc.server import library
+    from aipc.store import store
+
+    if not store.find(name):
+        library.copy(source, name)
+    return name
+
+
+def broken_model(name: str = "broken-ir") -> str:
+    """A stored OpenVINO IR variant whose files are not a model: its load fails inside OpenVINO."""
+    from aipc.store import store
+    from aipc.store.publish import staged
+
+    if not store.find(name):
+        with staged(store.variant_dir(name, "openvino-int4")) as tmp:
+            if tmp is not None:
+                (tmp / "openvino_model.xml").write_text("<net>this is not a model</net>\n")
+                (tmp / "openvino_model.bin").write_bytes(b"\0" * 64)
+                manifest = {"name": name, "variant": "openvino-int4", "format": "openvino-ir", "backend": "openvino"}
+                store.write_manifest(tmp, manifest | {"precision": "int4", "device_target": "cpu"})
+    return name

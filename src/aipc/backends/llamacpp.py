@@ -47,6 +47,7 @@ _KV_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8
 # llama.cpp's own default is f16. aipc keeps an 8-bit cache, as OpenVINO's CPU plugin does by default: for the
 # real-scale Phi-3-mini at 4096 tokens that is 816 MiB instead of 1536, decoding as fast (benchmarks/memory.py).
 DEFAULT_KV = "q8"
+Q8_BLOCK = 32  # values per q8_0 block: the head size must be a multiple of it
 
 
 class LlamaCppBackend:
@@ -69,8 +70,16 @@ class LlamaCppModel:
 
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
         self._gpu_layers = -1 if device.name == "gpu" else 0
-        kv_type = config.kv_cache or DEFAULT_KV
         dims = ctx_policy.dims_from_gguf(read_metadata(path))
+        kv_type = config.kv_cache or DEFAULT_KV
+        if kv_type == "q8" and dims.kv is not None and dims.kv.head_dim % Q8_BLOCK:
+            # q8_0 packs 32 values per block along a head; llama.cpp refuses other head sizes.
+            if config.kv_cache == "q8":
+                raise UsageError(
+                    f"kv_cache q8 needs a head size that is a multiple of {Q8_BLOCK} on llama.cpp; {source.name}'s "
+                    f"is {dims.kv.head_dim}: use f16 or f32"
+                )
+            kv_type = "f16"
         self._ctx = ctx_policy.choose(
             config.context_length, dims, kv_type, name=source.name, reserve_bytes=path.stat().st_size
         )

@@ -63,9 +63,18 @@ def npu_limits(config: LoadConfig) -> tuple[int, int]:
     return config.context_length - response, response
 
 
-def pipeline_properties(config: LoadConfig, device: DeviceInfo) -> dict[str, object]:
-    """The `LLMPipeline` properties aipc uses on `device` (the benchmark reuses them for its raw baseline)."""
-    props: dict[str, object] = {"CACHE_DIR": str(Path(config.cache_dir or paths.cache_dir("openvino")))}
+def pipeline_properties(config: LoadConfig, device: DeviceInfo, ir: Path | None = None) -> dict[str, object]:
+    """The `LLMPipeline` properties aipc uses on `device` (the benchmark reuses them for its raw baseline).
+
+    Compiled blobs go to a folder of their own per IR (`aipc.store.caches.compiled_dir`), so `aipc list` can
+    attribute them to their model and `aipc rm` / `aipc prune` can remove them."""
+    from aipc.store import caches
+
+    if config.cache_dir:
+        cache = Path(config.cache_dir)
+    else:
+        cache = caches.compiled_dir(ir) if ir is not None else paths.cache_dir("openvino")
+    props: dict[str, object] = {"CACHE_DIR": str(cache)}
     if device.name.startswith("npu"):
         max_prompt, min_response = npu_limits(config)
         props |= {
@@ -189,7 +198,7 @@ class OpenVINOModel:
         return ctx_policy.choose(config.context_length, dims, kv_type, name=source.name, reserve_bytes=weights)
 
     def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
-        props = pipeline_properties(config, device)
+        props = pipeline_properties(config, device, path)
         if device.name.startswith("npu"):
             return ov_genai.LLMPipeline(str(path), device.runtime_name, **props)
         return ov_genai.LLMPipeline(

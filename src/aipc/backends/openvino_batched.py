@@ -120,7 +120,7 @@ class OpenVINOBatchedModel(OpenVINOModel):
         scheduler.max_num_seqs = max(config.parallel, 1)
         # Chats resend their history every turn; cached prefixes make that prefill nearly free.
         scheduler.enable_prefix_caching = True
-        props = pipeline_properties(config, device)
+        props = pipeline_properties(config, device, path)
         props.pop("NUM_STREAMS", None)  # the batch, not the stream count, is the unit of parallelism here
         return ov_genai.ContinuousBatchingPipeline(str(path), scheduler, device.runtime_name, props)
 

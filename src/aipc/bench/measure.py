@@ -87,6 +87,7 @@ def serve() -> None:
                     "backend": model.info.backend,
                     "device": model.info.device,
                     "path": model.info.path,
+                    "ref": model.info.ref or model.info.name,  # the variant that was opened: what is measured
                 }
             elif cmd["cmd"] == "run":
                 n = int(cmd["prompt_tokens"])

@@ -123,7 +123,7 @@ def _summarize(config: Config, loaded: dict, samples: list[dict], n: int, bandwi
     next_ms = statistics.median(nt)
     return {
         "config": config.name,
-        "model": config.model,
+        "model": loaded.get("ref") or config.model,  # what ran: the variant the worker opened
         "backend": loaded["backend"],
         "device": loaded["device"],
         "path": loaded["path"],

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from aipc import progress
+from aipc.cli.progress import messages_into
 from aipc.errors import UsageError
 
 
@@ -28,7 +29,9 @@ def configurations(
             label = source.precision or source.format
             if precisions and label not in precisions:
                 continue
-            ref = f"{source.name}@{source.variant}" if source.variant else (model or source.name)
+            # Each configuration names its own source (`smollm2:135m@embedded`, `...@gguf-q8_0`): a bare model
+            # name would let the worker load whichever variant ranks first, and measure it under this label.
+            ref = source.ref if source.variant else str(source.path)
             for backend in wanted:
                 if source.format not in registry.BACKENDS[backend][3]:
                     continue
@@ -46,18 +49,25 @@ def command(args: argparse.Namespace) -> int:
     configs = configurations(
         args.models or [None], _list(args.backends), _list(args.devices) or ["cpu"], _list(args.precisions)
     )
-    say = _progress_printer()
-    result = runner.run(
-        configs, lengths, gen_tokens=args.gen_tokens, repeats=args.repeats, warmup=args.warmup, progress=say
-    )
-    say(None)
+    with progress.step("benchmarking") as step:
+        result = runner.run(
+            configs,
+            lengths,
+            gen_tokens=args.gen_tokens,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=messages_into(step),
+        )
     print(report.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote the results as JSON to {Path(args.json).resolve()}")
     if args.csv:
         report.write_csv(result, Path(args.csv))
+        print(f"wrote the results as CSV to {Path(args.csv).resolve()}")
     if args.plot:
         report.plot(result, Path(args.plot))
+        print(f"wrote the chart (next-token latency by input length) to {Path(args.plot).resolve()}")
     fastest = record.remember_fastest(result)
     for key, best in fastest.items():
         print(f"fastest for {key}: {best['config']} ({best['tokens_per_s']:.1f} tokens/s); auto will choose it")
@@ -76,15 +86,3 @@ def _ints(value: str, flag: str) -> list[int]:
     if not numbers or any(n < 1 for n in numbers):
         raise UsageError(f"{flag} values must be positive token counts, got {value!r}")
     return numbers
-
-
-def _progress_printer():
-    tty = sys.stderr.isatty()
-
-    def say(message: str | None) -> None:
-        if not tty:
-            return
-        sys.stderr.write("\r\033[K" + (message or ""))
-        sys.stderr.flush()
-
-    return say

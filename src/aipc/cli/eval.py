@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from aipc import progress
+from aipc.cli.progress import messages_into
 from aipc.errors import UsageError
 
 
@@ -15,8 +16,7 @@ def command(args: argparse.Namespace) -> int:
     out = Path(args.json).expanduser() if args.json else None
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write --json {args.json}: no such folder {out.parent}")
-    say = _progress_printer()
-    try:
+    with progress.step("evaluating") as step:
         result = runner.evaluate(
             args.model,
             args.text,
@@ -26,23 +26,9 @@ def command(args: argparse.Namespace) -> int:
             backend=args.backend,
             device=args.device,
             reference_backend=args.reference_backend,
-            progress=say,
+            progress=messages_into(step),
         )
-    finally:
-        say(None)
     print(report.table(result))
     if out is not None:
         out.write_text(result.to_json())
     return 0
-
-
-def _progress_printer():
-    """Progress on one rewritten stderr line, on a terminal only."""
-    tty = sys.stderr.isatty()
-
-    def say(message: str | None) -> None:
-        if tty:
-            sys.stderr.write("\r\033[K" + (message or ""))
-            sys.stderr.flush()
-
-    return say

@@ -1,70 +1,152 @@
-"""`aipc run`: one streamed answer, or an interactive chat."""
+"""`aipc run`: one streamed answer, or an interactive chat.
+
+Which word is the model: see `aipc.store.resolve.looks_like_model`; `--` and `-p/--prompt` override it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import TextIO
 
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Done, Event, TextDelta
+from aipc.errors import ModelNotFoundError, UsageError
 
 
 def command(args: argparse.Namespace) -> int:
-    from aipc.store.resolve import looks_like_model
-
-    words = list(args.words)
-    model_name = args.model
-    if model_name is None and words and looks_like_model(words[0]):
-        model_name = words.pop(0)
-    prompt = " ".join(words) or None
+    model_name, prompt, guessed = model_and_prompt(args)
     # Validate every option before the (slow) load, so mistakes answer at once.
     options = generation_options(args)
     GenerationConfig().updated(**options)
     load_options = {"context_length": args.context_length, "kv_cache": args.kv_cache}
     LoadConfig(backend=args.backend, device=args.device, **load_options)
+    _check_model(model_name, guessed)
 
-    interactive = prompt is None and (args.interactive or sys.stdin.isatty())
+    stdin_tty = sys.stdin is not None and sys.stdin.isatty()
+    if not stdin_tty and not args.interactive:
+        piped = read_piped_stdin()
+        if piped:  # as Ollama: the piped text first, then the prompt words
+            prompt = f"{piped}\n{prompt}" if prompt else piped
+    interactive = prompt is None and (args.interactive or stdin_tty)
     if prompt is None and not interactive:
-        prompt = sys.stdin.read().strip()
-        if not prompt:
-            from aipc.errors import UsageError
+        raise UsageError("no prompt: pass one as an argument, pipe it on stdin, or run in a terminal to chat")
 
-            raise UsageError("no prompt: pass one as an argument, pipe it on stdin, or run in a terminal to chat")
-
-    import aipc
-
-    with _status(f"loading {model_name or 'the default model'}…"):
-        model = aipc.load(model_name, backend=args.backend, device=args.device, **load_options)
+    model = load(model_name, args.backend, args.device, **load_options)
+    wrap = not args.nowordwrap
     with model:
         if args.verbose:
             print(model.sampling.summary(options), file=sys.stderr)
         if interactive:
             from aipc.cli.chat import ChatSession
 
-            return ChatSession(model, options, system=args.system, verbose=args.verbose).loop()
-        done = print_stream(model.stream(prompt, system=args.system, **options), sys.stdout)
+            session = ChatSession(
+                model,
+                options,
+                system=args.system,
+                verbose=args.verbose,
+                wordwrap=wrap,
+                name=model_name,
+                backend=args.backend,
+                device=args.device,
+            )
+            return session.loop()
+        done = print_stream(model.stream(prompt, system=args.system, **options), sys.stdout, wordwrap=wrap)
         if args.verbose and done is not None:
             print(stats_line(done, model.load_seconds), file=sys.stderr)
     return 0
 
 
+def model_and_prompt(args: argparse.Namespace) -> tuple[str | None, str | None, bool]:
+    """(model, prompt, whether the model was recognised from the first word's shape alone)."""
+    from aipc.store.resolve import looks_like_model
+
+    words = list(args.words)
+    model = args.model
+    explicit = [p for p in (args.prompt, " ".join(args.prompt_words or [])) if p]
+    if args.prompt is not None or args.prompt_words is not None:
+        if model is None and words:
+            model = words.pop(0)
+        if words:
+            raise UsageError(
+                f"with -p/--prompt or --, only the model comes before; got more words: {' '.join(words)!r}"
+            )
+        return model, " ".join(explicit) or None, False
+    guessed = False
+    if model is None and words and looks_like_model(words[0]):
+        model = words.pop(0)
+        guessed = True
+    return model, " ".join(words) or None, guessed
+
+
+def _check_model(name: str | None, guessed: bool) -> None:
+    """An unknown name fails now, before loading; a first word taken for a model says how to send it as text."""
+    from aipc.store.resolve import check
+
+    try:
+        check(name)
+    except ModelNotFoundError as exc:
+        if guessed and " " not in str(name):
+            raise ModelNotFoundError(f"{exc} (to send {name!r} as the prompt: aipc run -- {name})") from None
+        raise
+
+
+def read_piped_stdin() -> str:
+    """Text piped or redirected in; nothing from a terminal, /dev/null or a socket left open by a parent."""
+    if sys.stdin is None:
+        return ""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return ""
+    if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+        return ""
+    return sys.stdin.read().strip()
+
+
+def load(name: str | None, backend: str, device: str, **load_options):
+    """Open the model with a spinner on the terminal (a first run's conversion shows as its own step);
+    `load_options` are LoadConfig's (context_length, kv_cache)."""
+    import aipc
+    from aipc import progress
+
+    with progress.step(f"loading {name or 'the default model'}"):
+        return aipc.load(name, backend=backend, device=device, **load_options)
+
+
 def generation_options(args: argparse.Namespace) -> dict:
-    names = {n: n for n in ("max_tokens", "temperature", "top_p", "top_k", "seed")}
-    names["repetition_penalty"] = "repeat_penalty"
-    return {n: getattr(args, a) for n, a in names.items() if getattr(args, a) is not None}
+    names = {
+        "max_tokens": "max_tokens",
+        "temperature": "temperature",
+        "top_p": "top_p",
+        "top_k": "top_k",
+        "seed": "seed",
+        "repeat_penalty": "repetition_penalty",
+        "stop": "stop",
+    }
+    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
 
 
-def print_stream(events: Iterator[Event], out: TextIO) -> Done | None:
-    """Write text deltas as they come; return the final event. The stream is closed on Ctrl-C."""
+def print_stream(events: Iterator[Event], out: TextIO, *, wordwrap: bool = False) -> Done | None:
+    """Write text deltas as they come (word-wrapped on a terminal); return the final event. The stream is
+    closed on Ctrl-C."""
+    from aipc.cli.wrap import WordWrap, terminal_width
+
+    writer = WordWrap(out, terminal_width()) if wordwrap and _isatty(out) else None
     done = None
     last = ""
     try:
         for event in events:
             if isinstance(event, TextDelta):
-                out.write(event.text)
-                out.flush()
+                if writer is not None:
+                    writer.write(event.text)
+                else:
+                    out.write(event.text)
+                    out.flush()
                 last = event.text or last
             elif isinstance(event, Done):
                 done = event
@@ -72,10 +154,19 @@ def print_stream(events: Iterator[Event], out: TextIO) -> Done | None:
         close = getattr(events, "close", None)
         if close is not None:
             close()  # stops the runtime if we left early
-        if not last.endswith("\n"):
+        if writer is not None:
+            writer.flush()
+        if last and not last.endswith("\n"):
             out.write("\n")
         out.flush()
     return done
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def stats_line(done: Done, load_seconds: float | None = None) -> str:
@@ -87,24 +178,22 @@ def stats_line(done: Done, load_seconds: float | None = None) -> str:
         f"next-token {t.next_token_s * 1000:.1f} ms",
         f"{t.tokens_per_s:.1f} tokens/s",
         f"{done.usage.completion_tokens} tokens generated ({done.finish_reason})",
-        f"{done.backend}/{done.device}",
+        f"{what_ran(done.model)} on {done.backend}/{done.device}" if done.model else f"{done.backend}/{done.device}",
     ]
     return " | ".join(parts)
 
 
-class _status:
-    """A transient status line on a terminal's stderr; nothing when stderr is not a terminal."""
+@lru_cache(maxsize=16)
+def what_ran(ref: str) -> str:
+    """The variant, as users name it; the embedded model says so, with its quantization:
+    `smollm2:135m@embedded (q4_1 GGUF)`."""
+    from aipc.errors import AipcError
+    from aipc.store.resolve import EMBEDDED, resolve_all
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.tty = sys.stderr.isatty()
-
-    def __enter__(self) -> None:
-        if self.tty:
-            sys.stderr.write(self.text)
-            sys.stderr.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tty:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+    if ref.partition("@")[2] != EMBEDDED:
+        return ref
+    try:
+        precision = resolve_all(ref)[0].precision
+    except (AipcError, IndexError):
+        return ref
+    return f"{ref} ({precision} GGUF)" if precision else ref

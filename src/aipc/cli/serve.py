@@ -1,4 +1,4 @@
-"""`aipc serve`: the OpenAI-compatible server (src/aipc/server), from the command line."""
+"""`aipc serve`: the OpenAI- and Ollama-compatible server (src/aipc/server), from the command line."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import os
 
 
 def command(args: argparse.Namespace) -> int:
-    from aipc.server.settings import ServerSettings
+    from aipc.errors import InvalidConfigError, UsageError
+    from aipc.server.settings import DEFAULT_KEEP_ALIVE_S, ServerSettings, parse_keep_alive, parse_size
 
+    keep_alive = args.keep_alive if args.keep_alive is not None else os.environ.get("AIPC_KEEP_ALIVE")
+    try:
+        keep = DEFAULT_KEEP_ALIVE_S if keep_alive in (None, "") else parse_keep_alive(keep_alive)
+    except InvalidConfigError as exc:
+        raise UsageError(f"--keep-alive (or AIPC_KEEP_ALIVE): {exc}") from None
     settings = ServerSettings(
         model=args.model,
         backend=args.backend,
@@ -27,6 +33,12 @@ def command(args: argparse.Namespace) -> int:
         repetition_penalty=args.repeat_penalty,
         drain_timeout=args.drain_timeout,
         verbose=args.verbose,
+        keep_alive=keep,
+        max_loaded=args.max_loaded,
+        max_memory=parse_size(args.max_memory) if args.max_memory else None,
+        read_only=args.read_only,
+        allow_paths=args.allow_paths,
+        log_format=args.log_format,
     )
     settings.check()  # unsafe or impossible settings fail here, before fastapi or the runtime are imported
     from aipc.server.runner import serve

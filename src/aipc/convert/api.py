@@ -17,7 +17,7 @@ from typing import Any
 
 from aipc.convert import recipes, sources, targets
 from aipc.errors import UsageError
-from aipc.store import paths, store
+from aipc.store import catalog, paths, store
 from aipc.store.publish import staged
 
 TOOLS = {
@@ -49,7 +49,7 @@ def convert(
     """Convert `source` and publish it as `name@<variant>`; an existing identical variant is reused."""
     precision, device_target = recipes.check_request(to, precision, device_target)
     if name is not None:
-        store.validate_name(name)
+        name = catalog.canonical(name) or store.validate_name(name)  # `--name phi3` stores phi3:mini
     if source.startswith("synthetic:"):
         return _synthetic(source.split(":", 1)[1], to, precision, name)
     checkpoint = sources.prepare(source, allow_pickle=allow_pickle)

@@ -31,27 +31,32 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    quiet_unless_terminal()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ConversionError(f"transformers could not read {gguf.name}: {exc}") from None
-    meta = gguf_metadata(gguf)
-    model.generation_config.eos_token_id = meta.get("tokenizer.ggml.eos_token_id")
-    model.generation_config.bos_token_id = meta.get("tokenizer.ggml.bos_token_id")
-    model.config.eos_token_id = meta.get("tokenizer.ggml.eos_token_id")
-    model.config.bos_token_id = meta.get("tokenizer.ggml.bos_token_id")
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer_from_gguf(meta, out)
+    from aipc import progress
+
+    quiet_unless_verbose()
+    with progress.step(f"dequantizing {gguf.name} to fp32", keep=True):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ConversionError(f"transformers could not read {gguf.name}: {exc}") from None
+        meta = gguf_metadata(gguf)
+        model.generation_config.eos_token_id = meta.get("tokenizer.ggml.eos_token_id")
+        model.generation_config.bos_token_id = meta.get("tokenizer.ggml.bos_token_id")
+        model.config.eos_token_id = meta.get("tokenizer.ggml.eos_token_id")
+        model.config.bos_token_id = meta.get("tokenizer.ggml.bos_token_id")
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer_from_gguf(meta, out)
     return out
 
 
-def quiet_unless_terminal() -> None:
-    """transformers' progress bars (GGUF dequantizing, loading, writing shards) belong on a terminal only."""
+def quiet_unless_verbose() -> None:
+    """transformers' own progress bars ("Converting and de-quantizing GGUF tensors", "Writing model shards")
+    are hidden: aipc reports the step itself. `--verbose` shows them."""
     import os
-    import sys
 
-    if not sys.stderr.isatty():
+    from aipc import progress
+
+    if not progress.verbose():
         os.environ["TQDM_DISABLE"] = "1"
         from transformers.utils import logging as hf_logging
 

@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from aipc import progress
 from aipc.convert.sources import sha256
 from aipc.errors import ConversionError
 from aipc.store import paths
@@ -40,7 +41,9 @@ def ir_for_gguf(gguf: Path, variant: str = "compressed") -> Path:
     target = paths.home() / "cache" / "gguf-openvino" / f"{gguf.stem}-{key}-{variant}"
     with staged(target) as tmp:
         if tmp is not None:
-            _convert(gguf, tmp, fold_weights=variant == "npu")
+            what = "OpenVINO IR for the NPU" if variant == "npu" else "OpenVINO IR"
+            with progress.step(f"converting {gguf.name} to {what} (first run only)", keep=True):
+                _convert(gguf, tmp, fold_weights=variant == "npu")
     return target
 
 

@@ -42,7 +42,7 @@ class Checkpoint:
 
 def prepare(source: str, *, allow_pickle: bool = False) -> Checkpoint:
     """A catalog name, hub id, Hugging Face folder or GGUF file, as a local checkpoint."""
-    entry = catalog.CATALOG.get(source)
+    entry = catalog.lookup(source)  # a catalog name or one of its aliases (phi3, smollm2)
     if entry is not None and entry.embedded is not None:
         from aipc.store.resolve import embedded_file
 
@@ -69,15 +69,16 @@ def prepare(source: str, *, allow_pickle: bool = False) -> Checkpoint:
 
 def _from_hub(repo: str, name: str, allow_pickle: bool) -> Checkpoint:
     if not hub.reachable():
+        folder = repo.split("/")[-1]
         raise ModelNotFoundError(
-            f"the hub ({hub.endpoint()}) cannot be reached to fetch {repo}: download it on a connected machine "
-            "and pass its folder"
+            f"the hub ({hub.endpoint()}) cannot be reached to fetch {repo}: on a connected machine run "
+            f"`hf download {repo} --local-dir {folder}` (pip install huggingface_hub), copy {folder} here, then "
+            f"`aipc convert {folder} --name {name}`"
         )
     try:
-        from huggingface_hub import HfApi, snapshot_download
+        from huggingface_hub import HfApi
     except ImportError:
         raise UsageError("fetching from the hub needs huggingface-hub: pip install 'aipc[hub]'") from None
-    hub.quiet_progress()
     info = HfApi(endpoint=hub.endpoint()).model_info(repo)
     files = [s.rfilename for s in info.siblings or []]
     patterns = list(HUB_PATTERNS)
@@ -88,7 +89,7 @@ def _from_hub(repo: str, name: str, allow_pickle: bool) -> Checkpoint:
     target = paths.home() / "downloads" / f"{repo.replace('/', '--')}--{info.sha}"
     with staged(target) as tmp:
         if tmp is not None:
-            snapshot_download(repo, revision=info.sha, local_dir=tmp, allow_patterns=patterns, endpoint=hub.endpoint())
+            hub.download(repo, revision=info.sha, local_dir=tmp, allow_patterns=patterns)
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
     origin = {"kind": "hub", "repo": repo, "commit": info.sha, "endpoint": hub.endpoint()}
     return _from_folder(target, allow_pickle, origin, name=name)

@@ -1,8 +1,9 @@
 """Running the export tools (optimum-cli, ONNX Runtime GenAI's builder, llama.cpp's converter) as subprocesses.
 
 A subprocess keeps each tool's memory and native state out of aipc's process, and a killed conversion kills
-only the tool. Output goes to a log file in the staging folder; on a terminal a one-line progress indicator shows
-the step and its elapsed time; in a pipe nothing is printed until the result.
+only the tool. Its output (progress bars, warnings) goes to a log file in the staging folder, and to stderr too
+with `--verbose`; the step itself is reported through `aipc.progress` (a spinner with its elapsed time on a
+terminal, nothing in a pipe).
 """
 
 from __future__ import annotations
@@ -11,34 +12,48 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
+from aipc import progress
 from aipc.errors import ConversionError
 
 _NOISE = ("warning", "warn(", "tracerwarning", "futurewarning", "deprecat")
 
 
 def run_tool(step: str, argv: list[str], log: Path, *, env: dict[str, str] | None = None) -> None:
-    """Run `argv`, showing `step` with a timer on a terminal; a failure raises with the tool's last error line."""
+    """Run `argv` as the step `step`; a failure raises with the tool's last error line and the log's path."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    if not sys.stderr.isatty():
+    show = progress.verbose()
+    if not show:
         full_env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    started = time.monotonic()
-    with open(log, "ab") as out:
+        full_env["TQDM_DISABLE"] = "1"
+    with open(log, "ab") as out, progress.step(step, keep=True):
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-        with Progress(step):
-            try:
-                code = proc.wait()
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-    if code != 0:
-        raise ConversionError(f"{step} failed (exit {code}): {last_error_line(log)} (full log: {log})")
-    Progress.done(step, time.monotonic() - started)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE if show else out, stderr=subprocess.STDOUT, env=full_env)
+        tee = threading.Thread(target=_tee, args=(proc.stdout, out), daemon=True) if show else None
+        if tee is not None:
+            tee.start()
+        try:
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if tee is not None:
+                tee.join(5)
+        if code != 0:
+            raise ConversionError(f"{step} failed (exit {code}): {last_error_line(log)} (full log: {log})")
+
+
+def _tee(pipe, log) -> None:
+    """--verbose: the tool's own output on stderr as it comes, and in the log."""
+    for chunk in iter(lambda: pipe.read1(4096), b""):
+        log.write(chunk)
+        log.flush()
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
 
 
 def last_error_line(log: Path) -> str:
@@ -47,39 +62,3 @@ def last_error_line(log: Path) -> str:
         if "error" in line.lower() and not any(n in line.lower() for n in _NOISE):
             return line[:300]
     return lines[-1][:300] if lines else "no output"
-
-
-class Progress:
-    """`step… 12 s` redrawn once a second on a terminal's stderr; silent otherwise."""
-
-    def __init__(self, step: str) -> None:
-        self.step = step
-        self.tty = sys.stderr.isatty()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._draw, daemon=True)
-
-    def _draw(self) -> None:
-        started = time.monotonic()
-        spinner = "|/-\\"
-        i = 0
-        while not self._stop.wait(0.5):
-            i += 1
-            sys.stderr.write(f"\r{spinner[i % 4]} {self.step}… {time.monotonic() - started:.0f} s\033[K")
-            sys.stderr.flush()
-
-    def __enter__(self) -> Progress:
-        if self.tty:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tty:
-            self._stop.set()
-            self._thread.join()
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-    @staticmethod
-    def done(step: str, seconds: float) -> None:
-        if sys.stderr.isatty():
-            print(f"✓ {step} ({seconds:.0f} s)", file=sys.stderr)

@@ -91,8 +91,12 @@ def resolve(source) -> SamplingDefaults:
     found, where = _from_files(Path(source.path), source.format)
     for key, value in found.items():
         values[key], origins[key] = value, where
-    for key, value in _valid(dict(source.defaults or {}), f"aipc's catalog ({source.name})").items():
-        values[key], origins[key] = value, "aipc's catalog"
+    from aipc.store import catalog
+
+    # The catalog's curated values, or a created model's PARAMETERs over its base's (`aipc create`).
+    where = "aipc's catalog" if catalog.lookup(source.name) else "its Modelfile"
+    for key, value in _valid(dict(source.defaults or {}), f"{where} ({source.name})").items():
+        values[key], origins[key] = value, where
     return SamplingDefaults(values, origins, source.name)
 
 

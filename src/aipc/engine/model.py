@@ -33,12 +33,21 @@ class Model:
         load_seconds: float,
         fallback: Callable[[], Backend | None] | None = None,
         sampling: SamplingDefaults | None = None,
+        *,
+        template: str | None = None,
+        system: str | None = None,
+        context_length: int | None = None,
     ) -> None:
         self._backend = backend
         self.defaults = defaults
         # Where each default sampling value came from (`--verbose` prints `sampling.summary()`).
         self.sampling = sampling or SamplingDefaults({k: getattr(defaults, k) for k in OPTIONS})
         self.load_seconds = load_seconds
+        # A created model's own settings (`aipc create`): a chat template used instead of the model's, a system
+        # prompt for requests that bring none, and a lower cap on prompt + answer tokens.
+        self.template = template
+        self.system = system
+        self.context_length = context_length
         self._fallback = fallback  # opens the model off the NPU when a prompt is over the NPU pipeline's limit
         self._alternative: Backend | None = None
 
@@ -46,15 +55,20 @@ class Model:
     def info(self) -> ModelInfo:
         return self._backend.info
 
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template prompts are rendered with: a created model's own, else the model's."""
+        return self.template or self.info.chat_template
+
     # --- prompts -------------------------------------------------------------------------------------
     def format(self, messages: Sequence[dict[str, Any]]) -> str:
         """The prompt text the model sees for `messages`, rendered with its own chat template."""
-        return self._render(self._backend, template.validate_messages(messages))
+        return self._render(self._backend, self._prepared(messages))
 
     def encode(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         """The prompt's token ids for `messages`: the template's markup may hold control tokens, message
         content never does (typed `<|im_end|>` stays text; see `aipc.engine.prompt`)."""
-        return self._encode_chat(self._backend, template.validate_messages(messages))
+        return self._encode_chat(self._backend, self._prepared(messages))
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of raw text (control-token strings in it become control tokens, as in a raw prompt)."""
@@ -63,10 +77,17 @@ class Model:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._backend.detokenize(ids)
 
-    @staticmethod
-    def _render(backend: Backend, messages: list[dict[str, Any]]) -> str:
+    def _prepared(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Validated messages, led by the model's own system prompt when they bring none."""
+        clean = template.validate_messages(messages)
+        if self.system and not any(m["role"] == "system" for m in clean):
+            clean.insert(0, {"role": "system", "content": self.system})
+        return clean
+
+    def _render(self, backend: Backend, messages: list[dict[str, Any]]) -> str:
         info = backend.info
-        return template.render(info.chat_template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+        source = self.template or info.chat_template
+        return template.render(source, messages, bos_token=info.bos_token, eos_token=info.eos_token)
 
     def _encode_chat(self, backend: Backend, messages: list[dict[str, Any]]) -> list[int]:
         escaped, changed = prompt.escape_messages(messages, backend.info.special_tokens)
@@ -96,7 +117,7 @@ class Model:
     def stream_chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> Iterator[Event]:
         """Stream the assistant's next turn for OpenAI-style `messages`."""
         config = self.defaults.updated(**options)  # validate before any work
-        clean = template.validate_messages(messages)
+        clean = self._prepared(messages)
         ids = self._encode_chat(self._backend, clean)  # template errors surface here, before the stream starts
         return self._run(lambda backend: ids if backend is self._backend else self._encode_chat(backend, clean), config)
 
@@ -118,11 +139,12 @@ class Model:
         stopper = _StopMatcher(config.stop) if config.stop else None
         stopped = False
         backend = self._backend
+        ids, config = self._capped(encode(backend), config)
         try:
-            items = backend.generate(encode(backend), config, cancel)
+            items = backend.generate(ids, config, cancel)
         except ContextLengthError as exc:
             backend = self._route_off_npu(exc)
-            items = backend.generate(encode(backend), config, cancel)
+            items = backend.generate(*self._capped(encode(backend), config), cancel)
         try:
             for item in items:
                 if isinstance(item, Finished):
@@ -159,6 +181,18 @@ class Model:
             token_ids=finished.token_ids,
             model=info.ref or info.name,
         )
+
+    def _capped(self, ids: list[int], config: GenerationConfig) -> tuple[list[int], GenerationConfig]:
+        """A created model's context cap (`PARAMETER num_ctx`): the prompt must fit, the answer fills the rest."""
+        if self.context_length is None:
+            return ids, config
+        if len(ids) >= self.context_length:
+            raise ContextLengthError(
+                f"the prompt has {len(ids)} tokens; this model's context is {self.context_length} tokens (num_ctx)",
+                limit=self.context_length - 1,
+                requested=len(ids),
+            )
+        return ids, config.updated(max_tokens=min(config.max_tokens, self.context_length - len(ids)))
 
     def _route_off_npu(self, exc: ContextLengthError) -> Backend:
         """A prompt over the NPU pipeline's MAX_PROMPT_LEN goes to the next device instead of failing."""
@@ -273,7 +307,8 @@ def load(
     opened, source = _open_first(choices, config)
     resolved = sampling_defaults.resolve(source)
     resolved = SamplingDefaults({**resolved.values, **overrides}, resolved.origins, resolved.model, overrides)
-    defaults = GenerationConfig().updated(**resolved.values)
+    # A created model's other parameters (stop, seed, max_tokens: `aipc create`) apply as they are.
+    defaults = GenerationConfig().updated(**{**source.defaults, **resolved.values})
     fallback = None
     if opened.info.device.startswith("npu"):
 
@@ -285,7 +320,16 @@ def load(
             except AipcError:
                 return None
 
-    return Model(opened, defaults, time.perf_counter() - started, fallback, resolved)
+    return Model(
+        opened,
+        defaults,
+        time.perf_counter() - started,
+        fallback,
+        resolved,
+        template=source.template,
+        system=source.system,
+        context_length=source.context_length,
+    )
 
 
 def _open_first(choices, config: LoadConfig) -> tuple[Backend, Any]:

@@ -14,11 +14,13 @@ import signal
 import socket
 import sys
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
 from aipc.errors import AipcError, UsageError
-from aipc.server.app import ServerState, create_app
+from aipc.server.app import create_app
+from aipc.server.core import ServerState
 from aipc.server.settings import ServerSettings
 
 # What is left after the drain timeout gets this long to end its streams before uvicorn cancels it.
@@ -44,6 +46,19 @@ class _Server(uvicorn.Server):
         self.state.draining = True  # at once: requests that arrive before the loop runs the drain get 503
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.state.begin_drain)
+
+
+def _log_to_stderr(settings: ServerSettings) -> None:
+    """The server's log lines on stderr, as text or JSON (--log-format); request lines only with -v."""
+    from aipc.server.metrics import LogFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter(settings.log_format))
+    logger = logging.getLogger("aipc.server")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO if settings.verbose else logging.WARNING)
+    logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING, format="aipc: %(message)s")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -73,14 +88,14 @@ def url_of(sock: socket.socket) -> str:
 def serve(settings: ServerSettings) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code. Prints one line with the URL once the model is ready."""
     settings.check()
-    logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING, format="aipc: %(message)s")
+    _log_to_stderr(settings)
     sock = bind(settings.host, settings.port)
     url = url_of(sock)
     app, state = create_app(settings)
     config = uvicorn.Config(
         app,
         log_level="info" if settings.verbose else "warning",
-        access_log=settings.verbose,
+        access_log=False,  # RequestLog (metrics.py) logs each request, with its model and tokens
         timeout_graceful_shutdown=settings.drain_timeout + _AFTER_DRAIN_S,
         lifespan="on",
         server_header=False,
@@ -89,11 +104,12 @@ def serve(settings: ServerSettings) -> int:
     server = _Server(config, state)
     exit_code = 0
 
-    def ready(st: ServerState) -> None:
-        info = st.model.info
-        lanes = f"{st.slots.parallel} at once, {settings.max_queue} queued"
-        print(f"aipc: serving {info.name} on {info.backend}/{info.device} at {url}/ ({lanes})", flush=True)
-        if settings.parallel > st.slots.parallel:
+    def ready(st: ServerState, entry: Any) -> None:
+        info = entry.model.info
+        lanes = f"{entry.slots.parallel} at once, {settings.max_queue} queued"
+        more = f"other models load on demand, {settings.max_loaded} at most"
+        print(f"aipc: serving {entry.name} on {info.backend}/{info.device} at {url}/ ({lanes}; {more})", flush=True)
+        if settings.parallel > entry.slots.parallel:
             print(f"aipc: note: {info.device} runs one generation at a time; requests queue", file=sys.stderr)
 
     def failed(exc: BaseException) -> None:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from aipc.server.errors import APIError, send_error
 
 PUBLIC_PATHS = frozenset({"/health", "/"})  # no secrets: a status word, and a static page that asks for the key
-CORS_METHODS = "GET, POST, OPTIONS"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "authorization, content-type"
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
@@ -114,7 +114,7 @@ class Guard:
         except APIError as error:
             if cors:
                 error.headers.update(_cors_headers(origin))
-            return await send_error(send, error)
+            return await send_error(send, error, scope["path"])
         if cors:
             send = _with_cors(send, origin)
         await self.app(scope, _limited(receive, self.max_body_bytes), send)

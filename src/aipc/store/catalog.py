@@ -4,6 +4,12 @@ Each entry names its source: `embedded` (shipped inside a PyPI package) or a hub
 a pre-converted OpenVINO repository. Generation defaults are the model authors' recommendations, with a
 repetition penalty where the model needs one to end its answers (benchmarks/stop_rate.py); what an entry leaves
 out comes from the model's files or Ollama's defaults (`aipc.engine.defaults`).
+
+Names follow Ollama's library where it has the model: `phi3` (`phi3:latest`, `phi3:3.8b`, `phi3:mini`) is
+Phi-3-mini-4k, `phi3.5` is Phi-3.5-mini, `phi4-mini` is Phi-4-mini, `smollm2:135m` is SmolLM2-135M. One
+deliberate difference: Ollama's `smollm2:latest` is the 1.7B model; here `smollm2` is the 135M model, the only
+SmolLM2 aipc ships. Ollama's `phi4` (14B) and `phi3:medium` (14B) are not in the catalog, so they are not aliases.
+This module is imported by `aipc --help`: keep it free of heavy imports.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ class CatalogEntry:
     openvino_repo: str | None = None
     embedded: tuple[str, str] | None = None  # (python package, file inside it)
     defaults: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()  # other names for it, Ollama's tags first
+    license: str = ""  # the SPDX id of the weights' licence
+    parameters: str = ""  # as model cards write it: 135M, 3.8B
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -35,6 +44,9 @@ CATALOG: dict[str, CatalogEntry] = {
             # The model card's temperature 0.2 and top_p 0.9. Without a penalty SmolLM2-135M loops on many everyday
             # prompts until the token limit; 1.1 ends 11-12 of 12 on llama.cpp, 1.2 makes answers longer.
             defaults={"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1},
+            aliases=("smollm2", "smollm2:latest", "smollm2:135m-instruct"),
+            license="apache-2.0",
+            parameters="135M",
         ),
         CatalogEntry(
             "phi3:mini",
@@ -42,6 +54,9 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-3-mini-4k-instruct",
             openvino_repo="OpenVINO/Phi-3-mini-4k-instruct-int4-ov",
             defaults={"temperature": 0.0, "repetition_penalty": 1.0},
+            aliases=("phi3", "phi3:latest", "phi3:3.8b", "phi3:mini-4k", "phi3:instruct", "phi3:3.8b-mini-4k-instruct"),
+            license="mit",
+            parameters="3.8B",
         ),
         CatalogEntry(
             "phi3:mini-128k",
@@ -49,6 +64,9 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-3-mini-128k-instruct",
             openvino_repo="OpenVINO/Phi-3-mini-128k-instruct-int4-ov",
             defaults={"temperature": 0.0, "repetition_penalty": 1.0},
+            aliases=("phi3:3.8b-mini-128k-instruct",),
+            license="mit",
+            parameters="3.8B",
         ),
         CatalogEntry(
             "phi3.5:mini",
@@ -56,6 +74,9 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-3.5-mini-instruct",
             openvino_repo="OpenVINO/Phi-3.5-mini-instruct-int4-ov",
             defaults={"temperature": 0.0, "repetition_penalty": 1.0},
+            aliases=("phi3.5", "phi3.5:latest", "phi3.5:3.8b", "phi3.5:3.8b-mini-instruct"),
+            license="mit",
+            parameters="3.8B",
         ),
         CatalogEntry(
             "phi4:mini",
@@ -63,10 +84,54 @@ CATALOG: dict[str, CatalogEntry] = {
             hub_id="microsoft/Phi-4-mini-instruct",
             openvino_repo="OpenVINO/Phi-4-mini-instruct-int4-ov",
             defaults={"temperature": 0.0, "repetition_penalty": 1.0},
+            aliases=("phi4-mini", "phi4-mini:latest", "phi4-mini:3.8b"),
+            license="mit",
+            parameters="3.8B",
         ),
     )
 }
 
+_BY_NAME: dict[str, str] = {n.lower(): e.name for e in CATALOG.values() for n in (e.name, *e.aliases)}
+
 
 def names() -> list[str]:
+    """The catalog's own names (the store keeps models under these)."""
     return list(CATALOG)
+
+
+def all_names() -> list[str]:
+    """Every name the catalog answers to: its own names and their aliases."""
+    return [n for e in CATALOG.values() for n in (e.name, *e.aliases)]
+
+
+def canonical(name: str) -> str | None:
+    """The catalog name `name` stands for (`phi3` -> `phi3:mini`; names are case-insensitive), else None."""
+    return _BY_NAME.get(name.lower()) if isinstance(name, str) else None
+
+
+def lookup(name: str) -> CatalogEntry | None:
+    """The entry for a catalog name or alias."""
+    found = canonical(name)
+    return CATALOG[found] if found else None
+
+
+def suggest(word: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Known names close to a mistyped one, closest first (difflib, as `git` suggests commands)."""
+    import difflib
+
+    word = word.lower()
+    pool = {n.lower(): n for n in (*all_names(), *extra)}
+    # `phi4` -> `phi4-mini`: a name that starts with the word comes first (Ollama-style names before tags).
+    prefixed = sorted((n for n in pool if n.startswith(word) and n != word), key=lambda n: (":" in n, len(n)))
+    close = difflib.get_close_matches(word, list(pool), n=3, cutoff=0.6)
+    found = list(dict.fromkeys([*prefixed, *close]))[:3]
+    return [pool[m] for m in found]
+
+
+def short_listing() -> str:
+    """The catalog in one line for help and errors: `smollm2:135m (smollm2), phi3:mini (phi3), ...`."""
+    parts = []
+    for e in CATALOG.values():
+        short = [a for a in e.aliases if ":" not in a]
+        parts.append(f"{e.name} ({', '.join(short)})" if short else e.name)
+    return ", ".join(parts)

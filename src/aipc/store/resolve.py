@@ -1,10 +1,11 @@
-"""Turn what the user typed (a catalog name or a path) into a local model source."""
+"""Turn what the user typed (a catalog name or alias, a stored or created model, or a path) into local sources."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ class ModelSource:
     """A model on local disk, in one of `FORMATS`, with the generation defaults its authors recommend.
 
     `device_target` is the device a stored variant was converted for ("npu" variants only suit the NPU);
-    `variant` names a stored variant ("" for files outside the store).
+    `variant` names a stored variant (`embedded` for the model shipped inside a package, "" for files outside the
+    store). A model made by `aipc create` adds its own `system` prompt, chat `template` (Jinja2) and
+    `context_length` cap to its base's sources.
     """
 
     name: str
@@ -31,6 +34,9 @@ class ModelSource:
     device_target: str = "any"
     variant: str = ""
     backend: str = ""  # the backend a stored variant was made for, tried first
+    system: str | None = None  # the system prompt used when a request has none
+    template: str | None = None  # a chat template used instead of the model's own
+    context_length: int | None = None  # prompt + answer tokens allowed, when lower than the model's
 
     @property
     def ref(self) -> str:
@@ -44,23 +50,89 @@ class ModelSource:
 _PRECISION_ORDER = ("q4_0", "q4_k_m", "int4", "q8_0", "int8", "fp16", "f16", "fp32")
 
 
+EMBEDDED = "embedded"  # the variant name of a model shipped inside a Python package
+_CREATED = "alias"  # the variant `aipc create` writes: settings over a base model, no weights
+_MAX_DEPTH = 8  # created models made from created models, at most this deep
+
+
 def resolve_all(spec: str | None) -> list[ModelSource]:
     """Every local source for `spec`, best first: stored variants, then embedded or hub sources."""
-    spec = spec or catalog.DEFAULT_MODEL
+    return _resolve_all(spec or catalog.DEFAULT_MODEL, 0)
+
+
+def _resolve_all(spec: str, depth: int) -> list[ModelSource]:
     from aipc.store import store
 
-    if "@" in spec or spec in catalog.CATALOG or _is_store_name(spec):
+    if _looks_like_path(spec):
+        return [resolve(spec)]
+    spec = canonical_ref(spec)
+    name, _, variant = spec.partition("@")
+    created = _created(name)
+    if created is not None:
+        return _apply_created(created, variant, depth)
+    entry = catalog.CATALOG.get(name)
+    if variant == EMBEDDED and entry is not None and entry.embedded is not None:
+        return [_from_catalog(entry)]
+    if variant or entry is not None or _is_store_name(spec):
         stored = _stored(spec)
-        if "@" in spec:
+        if variant:
             if not stored:
                 store.get(spec)  # raises, listing what the store has
             return stored
-        entry = catalog.CATALOG.get(spec)
         if entry is not None and entry.embedded is not None:
             return [*stored, _from_catalog(entry)]
         if stored:
             return stored
     return [resolve(spec)]
+
+
+def canonical_ref(spec: str) -> str:
+    """`phi3@openvino-int4` -> `phi3:mini@openvino-int4`: catalog aliases become the catalog's own names."""
+    name, at, variant = spec.partition("@")
+    return (catalog.canonical(name) or name) + at + variant
+
+
+def _created(name: str) -> Any:
+    """The `aipc create` manifest of `name`, when it is a created model."""
+    from aipc.store import store
+
+    try:
+        found = [v for v in store.find(name) if v.variant == _CREATED]
+    except UsageError:
+        return None
+    return found[0] if found else None
+
+
+def _apply_created(created: Any, variant: str, depth: int) -> list[ModelSource]:
+    """A created model's sources: its base's, under its own name, with its defaults, system prompt and template."""
+    m = created.manifest
+    base = m.get("from")
+    if not isinstance(base, str) or not base:
+        raise ModelNotFoundError(f"the created model {created.name!r} names no base model (FROM); recreate it")
+    if depth >= _MAX_DEPTH:
+        raise UsageError(f"{created.name!r} is made from models made from models more than {_MAX_DEPTH} deep")
+    try:
+        sources = _resolve_all(base, depth + 1)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{created.name!r} is made FROM {base}, which cannot be found: {exc}") from None
+    params = m.get("parameters") if isinstance(m.get("parameters"), dict) else {}
+    made = [
+        replace(
+            s,
+            name=created.name,
+            defaults={**s.defaults, **params},
+            system=m.get("system") if isinstance(m.get("system"), str) else s.system,
+            template=m.get("template") if isinstance(m.get("template"), str) else s.template,
+            context_length=m.get("context_length") if isinstance(m.get("context_length"), int) else s.context_length,
+        )
+        for s in sources
+    ]
+    if variant:
+        made = [s for s in made if s.variant == variant]
+        if not made:
+            have = ", ".join(s.variant for s in sources if s.variant) or "none"
+            raise ModelNotFoundError(f"{created.name!r} has no variant {variant!r} (its base has: {have})")
+    return made
 
 
 def _entry_file(folder: Path, fmt: str) -> Path:
@@ -96,15 +168,16 @@ def _stored(spec: str) -> list[ModelSource]:
             v.manifest.get("backend", ""),
         )
         for v in store.find(spec)
+        if v.variant != _CREATED
     ]
     rank = {p: i for i, p in enumerate(_PRECISION_ORDER)}
     return sorted(found, key=lambda s: rank.get(s.precision, len(rank)))
 
 
 def resolve(spec: str | None) -> ModelSource:
-    """A catalog name, or a path to a model file or folder; None means the embedded default model."""
+    """A catalog name or alias, or a path to a model file or folder; None means the embedded default model."""
     spec = spec or catalog.DEFAULT_MODEL
-    entry = catalog.CATALOG.get(spec)
+    entry = catalog.lookup(spec)
     if entry is not None:
         return _from_catalog(entry)
     path = Path(spec).expanduser()
@@ -112,23 +185,97 @@ def resolve(spec: str | None) -> ModelSource:
         return _from_path(path)
     if _looks_like_path(spec):
         raise ModelNotFoundError(f"no such file or folder: {spec} (expected {_PATH_HINT})")
-    raise ModelNotFoundError(
-        f"unknown model {spec!r}: valid names are {', '.join(catalog.names())}, or a path to {_PATH_HINT}"
-    )
+    raise ModelNotFoundError(unknown_model_message(spec))
 
 
-def looks_like_model(spec: str) -> bool:
-    """Whether a lone CLI argument names a model rather than being a prompt."""
-    if " " in spec:
+def unknown_model_message(spec: str) -> str:
+    """`unknown model 'phi5': did you mean phi3.5? valid names are ...`, on one line."""
+    stored = _stored_names()
+    close = catalog.suggest(spec.partition("@")[0], stored)
+    guess = f" did you mean {close[0]}?" if close else ""
+    mine = f"; stored: {', '.join(stored)}" if stored else ""
+    return f"unknown model {spec!r}:{guess} valid names are {catalog.short_listing()}{mine}; or a path to {_PATH_HINT}"
+
+
+def check(spec: str | None) -> None:
+    """Raise at once, before any download or runtime import, when `spec` cannot name a model."""
+    if spec is None:
+        return
+    if _looks_like_path(spec) or Path(spec).expanduser().exists():
+        if not Path(spec).expanduser().exists():
+            resolve(spec)  # raises "no such file or folder"
+        return
+    name, _, variant = canonical_ref(spec).partition("@")
+    entry = catalog.CATALOG.get(name)
+    if _created(name) is not None or (variant == EMBEDDED and entry is not None and entry.embedded is not None):
+        return
+    if variant:
+        from aipc.store import store
+
+        store.get(canonical_ref(spec))  # raises "no model 'x@v' in the store", listing what it has
+        return
+    if entry is not None or _is_store_name(name):
+        return
+    resolve(spec)  # raises: an unknown name, with suggestions
+
+
+# A model reference as users type one: `name`, `name:tag`, `name@variant`, `name:tag@variant`.
+_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[A-Za-z0-9._-]{1,64})?(@[a-z0-9][a-z0-9._-]{0,63})?$")
+# A bare word shaped like a model family's name: lowercase letters with a version number (`phi5`, `llama3.2`).
+_FAMILY = re.compile(r"^[a-z][a-z0-9._-]*[0-9][a-z0-9._-]*$")
+
+
+def looks_like_model(word: str) -> bool:
+    """Whether the first word of `aipc run WORDS...` names a model rather than starting the prompt.
+
+    It does when it is a known name or alias, a stored or created model, an existing model file or folder, or
+    when it is shaped like a model reference: a path (`./x`, `~/x`, `a/b`, `*.gguf`), `name:tag` (a colon with
+    nothing after it, as in "Summarise:", is prose), `name@variant`, a lowercase name with a version number
+    (`phi5`), or a near miss of a known name (`smollm`). Words with spaces are always prompts. The last three
+    may name nothing: then `aipc run` says "unknown model ... did you mean", never a silent guess; `--` or
+    `-p/--prompt` make any word the prompt.
+    """
+    if not word or any(c.isspace() for c in word):
         return False
-    return (
-        spec in catalog.CATALOG
-        or ":" in spec
-        or "@" in spec
-        or _looks_like_path(spec)
-        or Path(spec).expanduser().exists()
-        or _is_store_name(spec)
-    )
+    if catalog.canonical(word.partition("@")[0]) is not None:
+        return True
+    if _looks_like_path(word):
+        return True
+    if _REF.match(word) and ("@" in word or ":" in word):
+        return True
+    if _REF.match(word) and (_is_store_name(word) or _FAMILY.match(word)):
+        return True
+    if _is_model_path(Path(word)):
+        return True
+    return bool(_REF.match(word) and _near(word))
+
+
+def _near(word: str) -> bool:
+    import difflib
+
+    return bool(difflib.get_close_matches(word.lower(), [n.lower() for n in catalog.all_names()], n=1, cutoff=0.8))
+
+
+def _is_model_path(path: Path) -> bool:
+    """An existing file or folder that holds a model (a bare word naming any other file stays prose)."""
+    try:
+        if path.is_file():
+            return path.suffix.lower() in (".gguf", ".xml")
+        if path.is_dir():
+            markers = ("openvino_model.xml", "genai_config.json", "config.json")
+            return any((path / m).is_file() for m in markers) or any(path.glob("*.gguf"))
+    except OSError:
+        return False
+    return False
+
+
+def _stored_names() -> list[str]:
+    from aipc.store import store
+
+    try:
+        return sorted({v.name for v in store.list_variants()})
+    except (OSError, UsageError):
+        return []
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -159,7 +306,9 @@ def _from_catalog(entry: catalog.CatalogEntry) -> ModelSource:
         from aipc.store.gguf_header import precision, read_metadata
 
         path = embedded_file(*entry.embedded)
-        return ModelSource(entry.name, "gguf", path, dict(entry.defaults), precision(read_metadata(path)))
+        return ModelSource(
+            entry.name, "gguf", path, dict(entry.defaults), precision(read_metadata(path)), variant=EMBEDDED
+        )
     variant = hub.fetch_openvino(entry)
     return ModelSource(
         entry.name,

@@ -1,0 +1,475 @@
+"""The serving core every API dialect shares: the model pool, reading bodies, preparing prompts, slots,
+metrics, and running a generation whose events the dialects shape into their own responses.
+
+A dialect adapter (server/dialects/) parses its request body, then calls the core: `read_json` for the body,
+`state.acquire(request, name)` for the model (loaded on demand, pool.py), `chat_prompt`/`text_prompt` (in a
+worker thread) for the prompt's token ids and the engine's options, and `generate` for the running
+`Generation`, whose first event is read before any answer is sent, so that failures before any output are
+plain HTTP errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from aipc.engine.events import Done
+from aipc.errors import AipcError, GenerationError, InvalidConfigError
+from aipc.server.errors import APIError, ClientGone, to_api_error
+from aipc.server.pool import _UNSET, Entry
+from aipc.server.scheduler import EventPump, unless_disconnected, wait_disconnect
+from aipc.server.settings import ServerSettings
+from aipc.store.catalog import DEFAULT_MODEL
+
+log = logging.getLogger("aipc.server")
+
+# The most max_tokens may ask for when neither the model's files nor --context-length give its context length.
+MAX_TOKENS_UNKNOWN_CONTEXT = 32768
+
+
+class ServerState:
+    """What every dialect shares: the model pool, the metrics, and whether the server is shutting down.
+
+    The model named on the command line (or the default one) is preloaded when the server starts, and kept
+    loaded until it must make room; /health is 503 "loading" until then. Any other model a request names is
+    loaded on demand (see pool.py)."""
+
+    def __init__(self, settings: ServerSettings, model: Any = None) -> None:
+        from aipc.server.metrics import Metrics
+        from aipc.server.pool import ModelPool
+
+        self.settings = settings
+        self.metrics = Metrics(lambda: self.pool.running())
+        self.pool = ModelPool(settings, self.metrics.loaded, self.metrics.unloaded)
+        self.draining = False
+        self._abort: asyncio.TimerHandle | None = None
+        self.pumps: set[EventPump] = set()
+        self.on_ready: Callable[[ServerState, Entry], None] | None = None
+        self.on_failed: Callable[[BaseException], None] | None = None
+        self.load_error: BaseException | None = None
+        self.preloaded = False
+        if model is not None:
+            self.pool.add_external(model, {settings.model} if settings.model else set())
+            self.preloaded = True
+        self.default_model = settings.model or (model.info.name if model is not None else DEFAULT_MODEL)
+
+    # --- the preloaded model ------------------------------------------------------------------------------
+    def start_loading(self) -> None:
+        """Preload the default model (the event loop keeps answering: /health is 503 "loading" meanwhile)."""
+        if not self.preloaded:
+            self.pool._spawn(self._preload())
+
+    async def _preload(self) -> None:
+        try:
+            entry = await self.pool.acquire(self.default_model, keep_alive=None)
+        except BaseException as exc:
+            self.load_error = exc
+            if self.on_failed is not None:
+                self.on_failed(exc)
+            return
+        self.pool.release(entry)
+        self.preloaded = True
+        if self.on_ready is not None:
+            self.on_ready(self, entry)
+
+    @property
+    def model(self) -> Any:
+        """The default model, when it is loaded."""
+        entry = self.pool.find(self.default_model)
+        return entry.model if entry is not None else None
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        if self.draining:
+            return 503, {"status": "draining"}
+        if self.load_error is not None:
+            return 503, {"status": "error", "model": self.default_model, "error": str(self.load_error)}
+        if not self.preloaded:
+            return 503, {"status": "loading", "model": self.default_model}
+        entries = self.pool.running()
+        models = [
+            {
+                "name": e.name,
+                "state": e.state,
+                "running": e.slots.running if e.slots is not None else 0,
+                "queued": e.waiting,
+            }
+            for e in entries
+        ]
+        body = {
+            "status": "ok",
+            "model": self.default_model,
+            "running": sum(m["running"] for m in models),
+            "queued": sum(m["queued"] for m in models),
+            "models": models,
+        }
+        return 200, body
+
+    # --- models for requests --------------------------------------------------------------------------------
+    def check_serving(self) -> None:
+        if self.draining:
+            raise unavailable("the server is shutting down", "shutting_down")
+
+    def check_name(self, name: str | None) -> str:
+        """A request's model name, validated (None: the default model)."""
+        from aipc.server import library
+
+        try:
+            return library.check_name(
+                self.default_model if name is None else name,
+                allow_paths=self.settings.allow_paths,
+                pinned=self.pool.pinned,
+            )
+        except AipcError as exc:
+            raise to_api_error(exc, param="model") from None
+
+    async def sources(self, name: str) -> list[Any]:
+        """The local sources of a checked name (a 404 naming what this server can run otherwise)."""
+        from aipc.server import library
+
+        s = self.settings
+        return await run_in_threadpool(library.local_sources, name, allow_paths=s.allow_paths, pinned=self.pool.pinned)
+
+    async def acquire(self, request: Any, name: str | None, keep_alive: Any = _UNSET) -> Entry | None:
+        """The model a request names, loaded (the request waits for a load), or None when the client left
+        first. The caller releases it with `state.pool.release`, or hands it to `generate`, which does."""
+        self.check_serving()
+        name = self.check_name(name)
+        if self.pool.find(name) is None:
+            await self.sources(name)  # unknown names fail here, before the pool makes an entry for them
+        started = time.perf_counter()
+        args = () if keep_alive is _UNSET else (keep_alive,)
+        entry = await or_gone(request, self.pool.acquire(name, *args), discard=self.pool.release)
+        if entry is None:
+            return None
+        request.scope["aipc.model"] = entry.name
+        request.scope.setdefault("aipc.stats", {})["load_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return entry
+
+    # --- shutting down ----------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Refuse new requests (503); those in flight may finish until the drain timeout, then are aborted."""
+        self.draining = True
+        if self._abort is None:
+            self._abort = asyncio.get_running_loop().call_later(self.settings.drain_timeout, self.abort_all)
+
+    def abort_all(self) -> None:
+        error = unavailable("the server is shutting down (drain timeout reached)", "shutting_down")
+        self.pool.abort(error)
+        for entry in self.pool.running():
+            if entry.slots is not None:
+                entry.slots.fail_waiting(error)
+        for pump in list(self.pumps):
+            pump.abort(error)
+
+    async def close(self) -> None:
+        for pump in list(self.pumps):
+            pump.stop()
+        if self.pumps:
+            await asyncio.wait([asyncio.ensure_future(p.finished.wait()) for p in self.pumps], timeout=10)
+        await self.pool.close()
+
+
+def unavailable(message: str, code: str) -> APIError:
+    return APIError(503, message, type="server_error", code=code, headers={"Retry-After": "1"})
+
+
+# --- request bodies ----------------------------------------------------------------------------------------
+async def read_json(request: Any) -> Any:
+    """The request body as decoded JSON, or a 400 naming what is wrong; every dialect reads bodies here."""
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f": {exc}" if raw.strip() else ": the body is empty"
+        raise APIError(400, f"the request body is not valid JSON{where}", code="invalid_json") from None
+
+
+# --- prompts -----------------------------------------------------------------------------------------------
+class Prepared:
+    """A request checked against the model: the prompt's token ids and the engine's options."""
+
+    def __init__(self, prompt: list[int], options: dict[str, Any], echo: str = "") -> None:
+        self.prompt = prompt
+        self.prompt_tokens = len(prompt)
+        self.options = options
+        self.echo = echo
+
+
+def _config(entry: Entry, options: dict[str, Any], param_of: Callable[[str], str]) -> Any:
+    """`GenerationConfig` for `options`, or a 400 naming the request field (through `param_of`)."""
+    try:
+        return entry.model.defaults.updated(**options)
+    except InvalidConfigError as exc:
+        name = str(exc).split(" ", 1)[0]
+        raise to_api_error(exc, param=param_of(name)) from None
+
+
+def chat_prompt(
+    entry: Entry,
+    messages: list[dict[str, str]],
+    options: dict[str, Any],
+    *,
+    asked: int | None,
+    param_of: Callable[[str], str] = lambda name: name,
+    what: str = "messages",
+    context_length: int | None = None,
+    fill: bool = False,
+) -> Prepared:
+    """The chat prompt's token ids (the model's template, content unable to forge control tokens) and options,
+    with max_tokens fitted to the context. Blocking: call in a worker thread."""
+    config = _config(entry, options, param_of)
+    try:
+        prompt = entry.model.encode(messages)
+    except AipcError as exc:
+        raise to_api_error(exc, param=what) from None
+    options = dict(options)
+    options["max_tokens"] = fit(entry, len(prompt), asked, config.max_tokens, what, context_length, fill)
+    return Prepared(prompt, options)
+
+
+def text_prompt(
+    entry: Entry,
+    text: str,
+    options: dict[str, Any],
+    *,
+    asked: int | None,
+    param_of: Callable[[str], str] = lambda name: name,
+    what: str = "prompt",
+    echo: bool = False,
+    context_length: int | None = None,
+    fill: bool = False,
+) -> Prepared:
+    """A raw prompt (no template) and options, max_tokens fitted to the context. Blocking."""
+    config = _config(entry, options, param_of)
+    prompt = entry.model.tokenize(text)
+    options = dict(options)
+    options["max_tokens"] = fit(entry, len(prompt), asked, config.max_tokens, what, context_length, fill)
+    return Prepared(prompt, options, echo=text if echo else "")
+
+
+def fit(
+    entry: Entry,
+    n_prompt: int,
+    asked: int | None,
+    default: int,
+    what: str,
+    context_length: int | None = None,
+    fill: bool = False,
+) -> int:
+    """max_tokens checked against the context: over it is a 400 `context_length_exceeded`, as OpenAI answers;
+    when not asked for, the model's default shortened to the room the prompt leaves, or (`fill`, Ollama's
+    unlimited num_predict) all of that room. `context_length` narrows the context for this request."""
+    info = entry.model.info
+    limit = info.max_prompt_tokens
+    if limit is not None and n_prompt > limit:
+        raise APIError(
+            400,
+            f"This model's maximum prompt length on {info.device} is {limit} tokens. However, your {what} "
+            f"resulted in {n_prompt} tokens. Pentry reduce the length of the {what}.",
+            param=what,
+            code="context_length_exceeded",
+        )
+    context = entry.context_length
+    if context_length is not None:
+        context = min(context, context_length) if context else context_length
+    if context is None:
+        if asked is not None and asked > MAX_TOKENS_UNKNOWN_CONTEXT:
+            raise APIError(
+                400,
+                f"max_tokens is {asked}, over {MAX_TOKENS_UNKNOWN_CONTEXT}: this model's files do not say its "
+                f"context length (start the server with --context-length N to set it)",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        return asked or default
+    wanted = asked or 1
+    if n_prompt + wanted > context:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{n_prompt + wanted} tokens ({n_prompt} in the {what}, {wanted} in the completion). "
+            f"Pentry reduce the length of the {what} or completion.",
+            param=what,
+            code="context_length_exceeded",
+        )
+    return asked or (context - n_prompt if fill else min(default, context - n_prompt))
+
+
+# --- generation --------------------------------------------------------------------------------------------
+class Generation:
+    """A running generation whose first event has been read; its events come in batches as they arrive."""
+
+    def __init__(
+        self, state: ServerState, pump: EventPump, first: Any, prepared: Prepared, entry: Entry, stats: dict
+    ) -> None:
+        self.state = state
+        self.pump = pump
+        self.first = first
+        self.prepared = prepared
+        self.entry = entry
+        self.stats = stats
+        self.done: Done | None = None
+
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """Lists of events (every one that is waiting, to write several tokens at once), the last with `Done`;
+        errors from the runtime are raised here."""
+        pending = [self.first]
+        while True:
+            for event in pending:
+                if isinstance(event, Done):
+                    self._finished(event)
+            yield pending
+            if self.done is not None:
+                return
+            try:
+                pending = [await self.pump.__anext__(), *self.pump.ready()]
+            except StopAsyncIteration:
+                return
+
+    def _finished(self, done: Done) -> None:
+        self.done = done
+        queue_s = self.stats.get("queue_ms", 0.0) / 1000
+        self.state.metrics.generated(self.entry.name, done, self.prepared.prompt_tokens, queue_s)
+        t = done.timings
+        self.stats |= {
+            "prompt_tokens": self.prepared.prompt_tokens,
+            "completion_tokens": done.usage.completion_tokens,
+            "ttft_ms": round(t.ttft_s * 1000, 1),
+            "tokens_per_s": round(t.tokens_per_s, 1),
+            "finish_reason": done.finish_reason,
+        }
+
+    async def collect(self, request: Any) -> list[Any] | None:
+        """Every event, or None when the client left first (the generation is then stopped)."""
+
+        async def all_events() -> list[Any]:
+            return [e async for batch in self.batches() for e in batch]
+
+        return await or_gone(request, all_events(), on_gone=self.pump.stop, on_error=self.pump.stop)
+
+
+async def generate(
+    state: ServerState,
+    request: Any,
+    entry: Entry,
+    prepare: Callable[[Entry], Prepared],
+    *,
+    schema_param: str,
+) -> Generation | None:
+    """Prepare the prompt (in a worker thread), wait for a slot, start the generation and read its first
+    event. None when the client left first: nothing is left to answer (the slot is given back).
+
+    `entry` (from `state.acquire`) is released here once the generation has let go of the runtime, or at once
+    when it never starts."""
+    pump: EventPump | None = None
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            state.pool.release(entry)
+
+    stats = request.scope.setdefault("aipc.stats", {})
+    try:
+        prepared = await run_in_threadpool(prepare, entry)
+        waited = time.perf_counter()
+        slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
+        if slot is None:
+            release()
+            return None  # the client left while queued: its request never runs
+        stats["queue_ms"] = round((time.perf_counter() - waited) * 1000, 1)
+
+        def finished() -> None:  # on the loop, once the generation's thread has let go of the runtime
+            slot.release()
+            state.pumps.discard(pump)
+            release()
+
+        model = entry.model
+        pump = EventPump(lambda: model.stream(prepared.prompt, raw=True, **prepared.options), on_exit=finished)
+        state.pumps.add(pump)
+    except BaseException:
+        if pump is None:
+            release()
+        raise
+    try:
+        first = await or_gone(request, pump.__anext__(), on_gone=pump.stop, on_error=pump.stop)
+    except GenerationError as exc:
+        if "json_schema" in prepared.options:  # what the runtime refuses before the first token: the grammar
+            message = f"the JSON schema in {schema_param} could not be used: {exc}"
+            raise APIError(400, message, param=schema_param, code="invalid_value") from None
+        raise
+    if first is None:
+        return None
+    return Generation(state, pump, first, prepared, entry, stats)
+
+
+async def or_gone(
+    request: Any,
+    awaitable: Any,
+    *,
+    discard: Callable[[Any], None] | None = None,
+    on_gone: Callable[[], None] | None = None,
+    on_error: Callable[[], None] | None = None,
+) -> Any:
+    """`awaitable`'s result, or None when the client left first (then `on_gone` runs)."""
+    try:
+        return await unless_disconnected(request.receive, awaitable, discard)
+    except ClientGone:
+        if on_gone is not None:
+            on_gone()
+        return None
+    except BaseException:
+        if on_error is not None:
+            on_error()
+        raise
+
+
+GONE = 499  # the status logged for a request whose client left before its answer
+
+
+def gone() -> Response:
+    return Response(status_code=GONE)
+
+
+class StreamResponse(Response):
+    """A streamed response (SSE or NDJSON) that stops its generation the moment the client leaves.
+
+    Starlette's StreamingResponse notices a gone client only when a write fails (or not at all, with ASGI 2.3
+    servers, where writes to a closed connection are dropped); this one listens for the disconnect itself.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], pump: EventPump, media_type: str) -> None:
+        super().__init__(status_code=200, media_type=media_type)
+        self.chunks = chunks
+        self.pump = pump
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers = [
+            (b"content-type", f"{self.media_type}; charset=utf-8".encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        writer = asyncio.ensure_future(self._write(send))
+        watch = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await asyncio.wait({writer, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pump.stop()
+            for task in (writer, watch):
+                task.cancel()
+            await asyncio.gather(writer, watch, return_exceptions=True)
+            await self.chunks.aclose()
+
+    async def _write(self, send: Any) -> None:
+        async for chunk in self.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,473 @@
+"""Ollama's native API (/api/...), on the same server and port as OpenAI's, over the same core.
+
+Generation: /api/chat and /api/generate stream NDJSON by default (`"stream": false` for one object); the last
+object carries Ollama's counters in nanoseconds, taken from the engine's `Done` timings (prompt evaluation is
+the time to the first token; evaluation the rest). A request without messages or prompt loads the model, or
+with `keep_alive: 0` unloads it, as Ollama does (`ollama stop` sends that). Models: /api/tags, /api/show,
+/api/ps, /api/pull (progress objects), /api/delete, /api/copy (the last three change the store: refused on a
+--read-only server). Errors are `{"error": "..."}`, so the `ollama` client raises `ResponseError` with the
+status code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from aipc.engine.events import Done, TextDelta
+from aipc.errors import AipcError, InvalidConfigError
+from aipc.server import core, errors, library
+from aipc.server.dialects import ollama_protocol as protocol
+from aipc.server.errors import APIError, json_bytes, to_api_error
+from aipc.server.pool import _UNSET
+from aipc.server.scheduler import EventPump
+from aipc.server.settings import parse_keep_alive
+
+log = logging.getLogger("aipc.server")
+
+# The Ollama API level these routes follow (clients that check /api/version compare against Ollama's).
+API_VERSION = "0.12.0"
+NDJSON = "application/x-ndjson"
+_FOREVER = dt.timedelta(days=365 * 290)  # what /api/ps says for a model kept loaded forever, as Ollama does
+# GenerationConfig's names -> the request field they come from, to name it in errors.
+_PARAM = {
+    "max_tokens": "options.num_predict",
+    "temperature": "options.temperature",
+    "top_p": "options.top_p",
+    "top_k": "options.top_k",
+    "seed": "options.seed",
+    "stop": "options.stop",
+    "repetition_penalty": "options.repeat_penalty",
+    "json_schema": "format",
+}
+_FORMATS = {"openvino-ir": "openvino", "onnx-genai": "onnx", "gguf": "gguf", "hf": "safetensors"}
+
+
+def _error_body(error: APIError) -> dict[str, Any]:
+    return {"error": error.message}
+
+
+def _stream_error(error: APIError) -> bytes:
+    return json_bytes(_error_body(error)) + b"\n"
+
+
+DIALECT = errors.Dialect("ollama", ("/api/",), _error_body, _stream_error)
+
+
+def register(app: FastAPI, state: core.ServerState) -> None:
+    """Add Ollama's routes to `app`; their errors take Ollama's shape."""
+    errors.register(DIALECT)
+
+    @app.post("/api/chat")
+    async def chat(request: Request) -> Response:
+        return await _generate(state, request, chat=True)
+
+    @app.post("/api/generate")
+    async def generate(request: Request) -> Response:
+        return await _generate(state, request, chat=False)
+
+    @app.get("/api/tags")
+    async def tags() -> JSONResponse:
+        models = await run_in_threadpool(library.runnable)
+        return JSONResponse({"models": [_tag(m) for m in models]})
+
+    @app.post("/api/show")
+    async def show(request: Request) -> JSONResponse:
+        body = protocol.parse(protocol.ShowRequest, await core.read_json(request))
+        name = state.check_name(body.model_name)
+        s = state.settings
+        facts = await run_in_threadpool(library.describe, name, allow_paths=s.allow_paths, pinned=state.pool.pinned)
+        return JSONResponse(_show(facts))
+
+    @app.get("/api/ps")
+    async def ps() -> JSONResponse:
+        return JSONResponse({"models": [_running(e) for e in state.pool.running()]})
+
+    @app.post("/api/pull")
+    async def pull(request: Request) -> Response:
+        _check_writable(state)
+        body = protocol.parse(protocol.PullRequest, await core.read_json(request))
+        name = state.check_name(body.model_name)
+        return await _pull(state, request, name, stream=body.stream)
+
+    @app.delete("/api/delete")
+    async def delete(request: Request) -> Response:
+        _check_writable(state)
+        body = protocol.parse(protocol.DeleteRequest, await core.read_json(request))
+        name = state.check_name(body.model_name)
+        await run_in_threadpool(library.check_deletable, name)
+        entry = await state.pool.stop(name)
+        if entry is not None and entry.state == "ready":
+            raise APIError(409, f"model {name!r} is in use; delete it when its requests are done", code="in_use")
+        await run_in_threadpool(library.delete, name)
+        return Response(status_code=200)
+
+    @app.post("/api/copy")
+    async def copy(request: Request) -> Response:
+        _check_writable(state)
+        body = protocol.parse(protocol.CopyRequest, await core.read_json(request))
+        source = state.check_name(body.source)
+        await run_in_threadpool(library.copy, source, body.destination)
+        return Response(status_code=200)
+
+    @app.get("/api/version")
+    async def version() -> JSONResponse:
+        from aipc import __version__
+
+        return JSONResponse({"version": API_VERSION, "aipc_version": __version__})
+
+
+def _check_writable(state: core.ServerState) -> None:
+    if state.settings.read_only:
+        raise library.StoreUnavailableError("this server is read-only (--read-only): it does not change its store")
+
+
+# --- chat and generate ---------------------------------------------------------------------------------------
+async def _generate(state: core.ServerState, request: Request, *, chat: bool) -> Response:
+    started = time.perf_counter()
+    state.check_serving()
+    body = protocol.parse(protocol.ChatRequest if chat else protocol.GenerateRequest, await core.read_json(request))
+    if not body.model:
+        raise APIError(400, "model is required", param="model")
+    keep = _UNSET if body.keep_alive is None else _keep_alive(body.keep_alive)
+    _refuse_unsupported(body, chat=chat)
+    if (chat and not body.messages) or (not chat and not body.prompt):
+        return await _load_only(state, request, body.model, keep, started, chat=chat)
+    options, asked, num_ctx = _options(body)
+    prepare = (
+        _chat_prepare(state, body, options, asked, num_ctx) if chat else _text_prepare(body, options, asked, num_ctx)
+    )
+    entry = await state.acquire(request, body.model, keep)
+    if entry is None:
+        return core.gone()
+    load_s = time.perf_counter() - started
+    generation = await core.generate(state, request, entry, prepare, schema_param="format")
+    if generation is None:
+        return core.gone()
+    shape = _Shape(entry.name, chat=chat, started=started, load_s=load_s)
+    if body.stream:
+        return core.StreamResponse(shape.stream(generation), generation.pump, NDJSON)
+    events = await generation.collect(request)
+    if events is None:
+        return core.gone()
+    return JSONResponse(shape.whole(events, generation.prepared))
+
+
+def _keep_alive(value: Any) -> float | None:
+    try:
+        return parse_keep_alive(value)
+    except InvalidConfigError as exc:
+        raise APIError(400, str(exc), param="keep_alive", code="invalid_value") from None
+
+
+def _refuse_unsupported(body: Any, *, chat: bool) -> None:
+    """What aipc cannot honour yet is refused by name (tool calling will plug in here)."""
+    if body.think:
+        raise APIError(400, "thinking is not supported by this model", param="think")
+    if body.logprobs or body.top_logprobs:
+        raise APIError(400, "logprobs are not supported yet", param="logprobs")
+    if chat:
+        if body.tools:
+            raise APIError(400, "tools are not supported yet", param="tools")
+        for i, m in enumerate(body.messages or []):
+            if m.images:
+                raise _no_images(f"messages[{i}].images")
+            if m.role == "tool" or m.tool_calls:
+                raise APIError(400, "tools are not supported yet", param=f"messages[{i}]")
+            if m.role not in ("system", "user", "assistant"):
+                message = f"messages[{i}].role must be system, user or assistant, got {m.role!r}"
+                raise APIError(400, message, param=f"messages[{i}].role")
+        return
+    if body.images:
+        raise _no_images("images")
+    if body.suffix:
+        raise APIError(400, "suffix (fill-in-the-middle) is not supported by this server", param="suffix")
+    if body.template and not body.raw:
+        raise APIError(
+            400,
+            "template is not supported: aipc formats prompts with the model's own chat template; "
+            "send a formatted prompt with raw: true instead",
+            param="template",
+        )
+    if body.context:
+        raise APIError(400, "context is not supported: send the conversation to /api/chat", param="context")
+
+
+def _no_images(param: str) -> APIError:
+    return APIError(400, "images are not supported: no vision model is available yet (text only)", param=param)
+
+
+def _options(body: Any) -> tuple[dict[str, Any], int | None, int | None]:
+    """GenerationConfig options, the num_predict asked for (None: until the context is full), and num_ctx."""
+    o = body.options or protocol.Options()
+    for name, off in protocol.NEUTRAL.items():
+        value = getattr(o, name)
+        if value is not None and value != off:
+            raise APIError(400, f"option {name} is not supported by this server", param=f"options.{name}")
+    unknown = sorted(set(o.model_extra or {}) - protocol.RUNNER_OPTIONS)
+    if unknown:
+        log.warning("ignoring unknown option(s): %s", ", ".join(unknown))
+    if o.num_predict == 0:
+        raise APIError(400, "options.num_predict must be >= 1, or -1 for no limit", param="options.num_predict")
+    stop = [o.stop] if isinstance(o.stop, str) else o.stop
+    options = {
+        "temperature": o.temperature,
+        "top_p": o.top_p,
+        "top_k": o.top_k,
+        "seed": o.seed if o.seed is not None and o.seed >= 0 else None,  # negative: random, as Ollama
+        "repetition_penalty": o.repeat_penalty,
+        "stop": tuple(stop) if stop else None,
+    }
+    if isinstance(body.format, dict):
+        options["json_schema"] = json.dumps(body.format)
+    elif body.format == "json":
+        options["json_schema"] = '{"type": "object"}'
+    asked = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
+    return {k: v for k, v in options.items() if v is not None}, asked, o.num_ctx
+
+
+def _param(name: str) -> str:
+    return _PARAM.get(name, name)
+
+
+def _chat_prepare(state: core.ServerState, body: Any, options: dict, asked: int | None, ctx: int | None) -> Callable:
+    if len(body.messages) > state.settings.max_messages:
+        raise APIError(
+            400,
+            f"too many messages: {len(body.messages)}, this server takes at most {state.settings.max_messages}",
+            param="messages",
+        )
+    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+
+    def prepare(entry: core.Entry) -> core.Prepared:
+        return core.chat_prompt(
+            entry, messages, options, asked=asked, param_of=_param, context_length=ctx, fill=asked is None
+        )
+
+    return prepare
+
+
+def _text_prepare(body: Any, options: dict, asked: int | None, ctx: int | None) -> Callable:
+    if body.raw:
+
+        def prepare(entry: core.Entry) -> core.Prepared:
+            return core.text_prompt(
+                entry, body.prompt, options, asked=asked, param_of=_param, context_length=ctx, fill=asked is None
+            )
+
+        return prepare
+    messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
+        {"role": "user", "content": body.prompt}
+    ]
+
+    def prepare_chat(entry: core.Entry) -> core.Prepared:
+        return core.chat_prompt(
+            entry,
+            messages,
+            options,
+            asked=asked,
+            param_of=_param,
+            what="prompt",
+            context_length=ctx,
+            fill=asked is None,
+        )
+
+    return prepare_chat
+
+
+async def _load_only(
+    state: core.ServerState, request: Request, name: str, keep: Any, started: float, *, chat: bool
+) -> Response:
+    """No messages or prompt: load the model (or, with keep_alive 0, unload it), as Ollama does."""
+    body: dict[str, Any] = {"model": name, "created_at": protocol.timestamp()}
+    if keep == 0:
+        await state.pool.stop(state.check_name(name))
+        reason = "unload"
+    else:
+        entry = await state.acquire(request, name, keep)
+        if entry is None:
+            return core.gone()
+        state.pool.release(entry)
+        body["model"] = entry.name
+        reason = "load"
+    body |= {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+    body |= {"done": True, "done_reason": reason}
+    if reason == "load":
+        body["total_duration"] = body["load_duration"] = _ns(time.perf_counter() - started)
+    return JSONResponse(body)
+
+
+def _ns(seconds: float) -> int:
+    return max(int(seconds * 1e9), 0)
+
+
+class _Shape:
+    """Ollama's response objects for one request: NDJSON lines as tokens come, or one object."""
+
+    def __init__(self, model: str, *, chat: bool, started: float, load_s: float) -> None:
+        self.model = model
+        self.chat = chat
+        self.started = started
+        self.load_s = load_s
+        self._model_json = json.dumps(model, ensure_ascii=False)
+
+    def _chunk(self, text: str, created: str) -> bytes:
+        content = json.dumps(text, ensure_ascii=False)
+        body = f'"message":{{"role":"assistant","content":{content}}}' if self.chat else f'"response":{content}'
+        return f'{{"model":{self._model_json},"created_at":"{created}",{body},"done":false}}\n'.encode()
+
+    def _final(self, done: Done, prepared: core.Prepared, text: str = "") -> dict[str, Any]:
+        t = done.timings
+        body: dict[str, Any] = {"model": self.model, "created_at": protocol.timestamp()}
+        body |= {"message": {"role": "assistant", "content": text}} if self.chat else {"response": text}
+        return body | {
+            "done": True,
+            "done_reason": done.finish_reason if done.finish_reason in ("stop", "length") else "stop",
+            "total_duration": _ns(time.perf_counter() - self.started),
+            "load_duration": _ns(self.load_s),
+            "prompt_eval_count": prepared.prompt_tokens,
+            "prompt_eval_duration": _ns(t.ttft_s),
+            "eval_count": done.usage.completion_tokens,
+            "eval_duration": _ns(t.total_s - t.ttft_s),
+        }
+
+    def whole(self, events: list[Any], prepared: core.Prepared) -> dict[str, Any]:
+        text = "".join(e.text for e in events if isinstance(e, TextDelta))
+        done = next(e for e in events if isinstance(e, Done))
+        return self._final(done, prepared, text)
+
+    async def stream(self, generation: core.Generation) -> AsyncIterator[bytes]:
+        try:
+            async for batch in generation.batches():
+                created = protocol.timestamp()
+                out = []
+                for event in batch:
+                    if isinstance(event, TextDelta):
+                        out.append(self._chunk(event.text, created))
+                    elif isinstance(event, Done):
+                        out.append(json_bytes(self._final(event, generation.prepared)) + b"\n")
+                if out:
+                    yield b"".join(out)
+        except Exception as exc:  # after the 200: the error travels as a line, as Ollama sends it
+            yield _stream_error(to_api_error(exc))
+
+
+# --- models --------------------------------------------------------------------------------------------------
+def _details(fmt: str, family: str, parameter_size: str, precision: str) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": _FORMATS.get(fmt, fmt),
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": parameter_size,
+        "quantization_level": precision.upper(),
+    }
+
+
+def _tag(m: library.Runnable) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "model": m.name,
+        "modified_at": protocol.timestamp(m.modified),
+        "size": m.size_bytes,
+        "digest": m.digest,
+        "details": _details(m.format, m.family, m.parameter_size, m.precision),
+    }
+
+
+def _show(facts: dict[str, Any]) -> dict[str, Any]:
+    defaults = facts["defaults"]
+    parameters = "\n".join(f"{k} {v}" for k, v in defaults.items())
+    lines = [f"# Modelfile generated by aipc for {facts['ref']}", f"FROM {facts['path']}"]
+    if facts["template"]:
+        lines.append(f'TEMPLATE """{facts["template"]}"""')
+    lines += [f"PARAMETER {k} {v}" for k, v in defaults.items()]
+    info = dict(facts["model_info"])
+    if facts["context_length"]:
+        info.setdefault(f"{facts['family'] or 'general'}.context_length", facts["context_length"])
+    return {
+        "license": facts["license"],
+        "modelfile": "\n".join(lines) + "\n",
+        "parameters": parameters,
+        "template": facts["template"],
+        "details": _details(facts["format"], facts["family"], facts["parameter_size"], facts["precision"]),
+        "model_info": info,
+        "capabilities": ["completion"],
+        "modified_at": protocol.timestamp(facts["modified"]),
+    }
+
+
+def _running(e: Any) -> dict[str, Any]:
+    info = e.model.info if e.model is not None else None
+    if e.state != "ready":
+        expires = None
+    elif e.keep_alive is None or e.external:
+        expires = protocol.timestamp((dt.datetime.now(dt.timezone.utc) + _FOREVER).timestamp())
+    else:
+        expires = protocol.timestamp(e.expires_at or time.time() + e.keep_alive)
+    ref = e.ref
+    fmt = ""
+    if info is not None:
+        fmt = "openvino" if info.backend == "openvino" else info.backend
+    return {
+        "name": e.name,
+        "model": e.name,
+        "size": e.size_bytes or e.estimate_bytes,
+        "digest": "",
+        "details": _details(fmt, "", "", ""),
+        "expires_at": expires,
+        "size_vram": e.size_bytes if info is not None and info.device.startswith("gpu") else 0,
+        "context_length": e.context_length,
+        # aipc's own fields (clients ignore them): what `aipc ps` shows
+        "state": e.state,
+        "variant": ref.partition("@")[2],
+        "backend": info.backend if info is not None else "",
+        "device": info.device if info is not None else "",
+        "keep_alive": None if e.external else e.keep_alive,
+        "running": e.slots.running if e.slots is not None else 0,
+        "queued": e.waiting,
+    }
+
+
+# --- pull ----------------------------------------------------------------------------------------------------
+async def _pull(state: core.ServerState, request: Request, name: str, *, stream: bool) -> Response:
+    """Progress objects from `library.pull` (run in a thread); its first step (the catalog, the hub's reach)
+    comes before any answer, so an offline pull is a plain error response."""
+    device = state.settings.device
+
+    def finished() -> None:
+        state.pumps.discard(pump)
+
+    pump = EventPump(lambda: library.pull(name, device), on_exit=finished)
+    state.pumps.add(pump)
+    try:
+        first = await core.or_gone(request, pump.__anext__(), on_gone=pump.stop, on_error=pump.stop)
+    except StopAsyncIteration:
+        first = {"status": "success"}
+    except AipcError as exc:
+        raise to_api_error(exc, param="model") from None
+    if first is None:
+        return core.gone()
+    if not stream:
+        last = first
+        async for item in pump:
+            last = item
+        return JSONResponse(last)
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield json_bytes(first) + b"\n"
+        try:
+            async for item in pump:
+                yield json_bytes(item) + b"\n"
+        except Exception as exc:
+            yield _stream_error(to_api_error(exc))
+
+    return core.StreamResponse(lines(), pump, NDJSON)
