@@ -101,3 +101,20 @@ def test_ordinary_templates_render_within_the_limits():
     messages = [{"role": "user", "content": "hello " * 10000}] * 50
     text = template.render(tpl, messages)
     assert text.endswith("x" * 10) and text.count("user: ") == 50
+
+
+def test_tools_reach_the_template_as_transformers_passes_them():
+    tpl = "{% if tools is none %}none{% else %}{% for t in tools %}{{ t.function.name }}{% endfor %}{% endif %}"
+    messages = [{"role": "user", "content": "x"}]
+    assert template.render(tpl, messages) == "none"
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    assert template.render(tpl, messages, tools=tools) == "get_weather"
+    assert template.render("{{ tools | tojson(indent=2, sort_keys=True) }}", messages, tools=[{"b": 1, "a": "é"}]) == (
+        '[\n  {\n    "a": "é",\n    "b": 1\n  }\n]'
+    )
+
+
+def test_a_template_failing_in_python_is_a_one_line_usage_error():
+    with pytest.raises(UsageError) as info:
+        template.render("{{ 'x' + messages[0]['content'] }}", [{"role": "assistant", "content": None}])
+    assert "chat template failed to render: TypeError" in str(info.value) and "\n" not in str(info.value)

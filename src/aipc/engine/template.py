@@ -54,10 +54,17 @@ def _compile(source: str):
     return sandbox.compile_template(env, source)
 
 
-def _tojson(value: Any, indent: int | None = None) -> str:
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # transformers' signature: templates call `tojson(indent=4)`, `tojson(ensure_ascii=False)` and the like.
     import json
 
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def validate_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -83,8 +90,14 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """The prompt text for `messages`, ending with the assistant's turn opener."""
+    """The prompt text for `messages`, ending with the assistant's turn opener.
+
+    `tools` (OpenAI's `{"type": "function", "function": {...}}` objects) is passed to the template as
+    transformers' `apply_chat_template(messages, tools=...)` passes it: None when there are none, so templates
+    that test `tools is defined` or `if tools` see what they see there. `aipc.engine.tools` decides what to pass.
+    """
     from jinja2 import TemplateError as JinjaError
 
     try:
@@ -94,8 +107,13 @@ def render(
             bos_token=bos_token,
             eos_token=eos_token,
             add_generation_prompt=add_generation_prompt,
+            tools=list(tools) if tools is not None else None,
         )
     except (TemplateError, sandbox.TemplateLimitError):
         raise
     except JinjaError as exc:
         raise TemplateError(f"chat template failed to render: {exc}") from None
+    except Exception as exc:
+        # A template's own Python-level failure (`'text' + none`, `1 / 0`): everything in this render is the
+        # template's doing, and a template that cannot render these messages refuses them (a 400, not a crash).
+        raise TemplateError(f"chat template failed to render: {type(exc).__name__}: {exc}") from None

@@ -10,6 +10,9 @@ Phi-3-mini-4k, `phi3.5` is Phi-3.5-mini, `phi4-mini` is Phi-4-mini, `smollm2:135
 deliberate difference: Ollama's `smollm2:latest` is the 1.7B model; here `smollm2` is the 135M model, the only
 SmolLM2 aipc ships. Ollama's `phi4` (14B) and `phi3:medium` (14B) are not in the catalog, so they are not aliases.
 This module is imported by `aipc --help`: keep it free of heavy imports.
+
+`tool_format` is the family's tool-calling format (see `aipc.engine.tools.formats`): "phi4", "hermes",
+"template" or "generic"; None lets aipc read it from the model's chat template.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class CatalogEntry:
     aliases: tuple[str, ...] = ()  # other names for it, Ollama's tags first
     license: str = ""  # the SPDX id of the weights' licence
     parameters: str = ""  # as model cards write it: 135M, 3.8B
+    tool_format: str | None = None
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -47,6 +51,7 @@ CATALOG: dict[str, CatalogEntry] = {
             aliases=("smollm2", "smollm2:latest", "smollm2:135m-instruct"),
             license="apache-2.0",
             parameters="135M",
+            tool_format="generic",  # the 135M model was not trained on tool markup; its template is plain ChatML
         ),
         CatalogEntry(
             "phi3:mini",
@@ -57,6 +62,7 @@ CATALOG: dict[str, CatalogEntry] = {
             aliases=("phi3", "phi3:latest", "phi3:3.8b", "phi3:mini-4k", "phi3:instruct", "phi3:3.8b-mini-4k-instruct"),
             license="mit",
             parameters="3.8B",
+            tool_format="generic",  # Phi-3 and 3.5 were not trained for function calling
         ),
         CatalogEntry(
             "phi3:mini-128k",
@@ -67,6 +73,7 @@ CATALOG: dict[str, CatalogEntry] = {
             aliases=("phi3:3.8b-mini-128k-instruct",),
             license="mit",
             parameters="3.8B",
+            tool_format="generic",  # Phi-3 and 3.5 were not trained for function calling
         ),
         CatalogEntry(
             "phi3.5:mini",
@@ -77,6 +84,7 @@ CATALOG: dict[str, CatalogEntry] = {
             aliases=("phi3.5", "phi3.5:latest", "phi3.5:3.8b", "phi3.5:3.8b-mini-instruct"),
             license="mit",
             parameters="3.8B",
+            tool_format="generic",  # Phi-3 and 3.5 were not trained for function calling
         ),
         CatalogEntry(
             "phi4:mini",
@@ -87,6 +95,7 @@ CATALOG: dict[str, CatalogEntry] = {
             aliases=("phi4-mini", "phi4-mini:latest", "phi4-mini:3.8b"),
             license="mit",
             parameters="3.8B",
+            tool_format="phi4",
         ),
     )
 }
