@@ -178,6 +178,17 @@ def test_ps_lists_the_loaded_model(client, http):
     assert raw["backend"] == "openvino" and raw["device"] == "cpu" and raw["state"] == "ready"
 
 
+def test_ollama_aliases_name_the_same_loaded_model(client):
+    """`smollm2`, `smollm2:latest` and `SmolLM2:135M` are the catalog's smollm2:135m: one pool entry, not three."""
+    before = [m.model for m in client.ps().models]
+    for alias in ("smollm2", "smollm2:latest", "SmolLM2:135M"):
+        reply = client.generate(model=alias, prompt="Hi", raw=True, options={"num_predict": 2})
+        assert reply.eval_count == 2
+    after = [m.model for m in client.ps().models]
+    assert MODEL in after and not {"smollm2", "smollm2:latest", "SmolLM2:135M"} & set(after)
+    assert len(after) == len(before)
+
+
 def test_pull_offline_is_an_error_and_the_embedded_model_needs_none(client):
     for stream in (False, True):
         with pytest.raises(ollama.ResponseError) as info:

@@ -203,6 +203,20 @@ def refuse_unsupported(config: GenerationConfig, backend: str) -> None:
         raise UsageError(f"structured output (json_schema) is not supported by the {backend} backend: use openvino")
 
 
+def refuse_options(config: GenerationConfig, backend: str, *, penalties: bool, logit_bias: bool) -> None:
+    """Sampling options a runtime has no way to apply are refused by name, with the backends that have them."""
+    from aipc.errors import UsageError
+
+    if not penalties:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(config, name):
+                raise UsageError(
+                    f"{name} is not supported by the {backend} backend: use llamacpp, onnxruntime or openvino"
+                )
+    if not logit_bias and config.logit_bias:
+        raise UsageError(f"logit_bias is not supported by the {backend} backend: use llamacpp or onnxruntime")
+
+
 def fit_to_context(n_prompt: int, context: int, max_tokens: int) -> int:
     """The answer budget left after the prompt; a prompt that fills the context is an error naming the limit."""
     from aipc.errors import ContextLengthError

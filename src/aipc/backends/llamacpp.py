@@ -1,16 +1,21 @@
 """llama.cpp through llama-cpp-python: GGUF files on the CPU, with GPU offload where the build supports it.
 
-aipc drives llama.cpp's evaluation and sampling itself (no thread is needed), for two reasons:
+Generation is `Llama.generate`'s pull loop (no thread is needed), which also runs speculative decoding through
+its draft-model hook (`aipc.backends.llamacpp_speculate`). aipc takes over two of its parts:
 
 - Sampling means what `GenerationConfig` says on every backend (`aipc.backends.sampling`), which
-  `Llama.generate`'s built-in sampler does not (its penalty sees only the last 64 generated tokens).
+  `Llama.generate`'s built-in sampler does not (its penalty sees only the last 64 generated tokens). aipc's
+  sampler runs as the first stage of llama.cpp's chain (a logits processor), picks the token and leaves it the
+  only candidate; llama.cpp's own stages then just take it. Drafted tokens are checked the same way, position
+  by position, so speculation changes neither the tokens nor, with a seed, the draws.
 - The same request gives the same tokens whatever the KV cache holds. A prompt is always evaluated in
   chunks of PREFILL_CHUNK tokens that start at multiples of PREFILL_CHUNK, and a later prompt reuses only
   whole chunks that an earlier prompt evaluated. Every position's keys and values are then computed by the
   very same operations, on the same shapes, whether they come from the cache or not. (A chunk of a different
   size, or a token evaluated alone, takes other matrix kernels, which round differently: enough to flip a
   near-tie and change a greedy answer.) A chat's next turn re-evaluates at most the last PREFILL_CHUNK - 1
-  tokens of its history plus the previous answer, and reuses the rest.
+  tokens of its history plus the previous answer, and reuses the rest. (`Llama.generate` reuses the longest
+  prefix its KV cache holds; aipc first cuts what it holds back to those whole chunks.)
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from time import perf_counter as _now
 import llama_cpp
 import numpy as np
 
+from aipc.backends import speculate
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
@@ -37,6 +43,7 @@ from aipc.backends.sampling import Sampler
 from aipc.engine import context as ctx_policy
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
+from aipc.engine.logprobs import logprobs_from_logits
 from aipc.errors import UsageError
 from aipc.store.resolve import ModelSource
 
@@ -65,6 +72,9 @@ class LlamaCppBackend:
 
 
 class LlamaCppModel:
+    # Log-probs come from the context's logits as each token is sampled (see `generate`).
+    reports_logprobs = True
+
     def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
         from aipc.store.gguf_header import read_metadata
 
@@ -83,10 +93,20 @@ class LlamaCppModel:
         self._ctx = ctx_policy.choose(
             config.context_length, dims, kv_type, name=source.name, reserve_bytes=path.stat().st_size
         )
-        self._llm = self._open(path, device, self._ctx, kv_type)
+        self._drafter = None
+        spec = speculate.parse(config.speculate)
+        if spec.active:
+            from aipc.backends.llamacpp_speculate import Drafter, SpeculativeLlama
+
+            self._drafter = Drafter(spec, self._gpu_layers, self._ctx)
+            self._llm = self._open(path, device, self._ctx, kv_type, SpeculativeLlama, draft_model=self._drafter)
+            self._drafter.attach(self._llm)
+        else:
+            self._llm = self._open(path, device, self._ctx, kv_type)
         self._canonical: list[int] = []  # the prompt tokens whose KV was computed in whole, aligned chunks
         self._reuse = config.prefix_cache is not False
         self._n_vocab = self._llm.n_vocab()
+        self.vocab_size = self._n_vocab
         vocab = self._llm._model.vocab
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
         self._stop_ids = end_of_turn_ids(self.tokenize, self._decode_special)
@@ -110,10 +130,12 @@ class LlamaCppModel:
         )
 
     @staticmethod
-    def _open(path: Path, device: DeviceInfo, n_ctx: int, kv_type: str) -> llama_cpp.Llama:
+    def _open(
+        path: Path, device: DeviceInfo, n_ctx: int, kv_type: str, cls=llama_cpp.Llama, **extra
+    ) -> llama_cpp.Llama:
         on_cpu = device.name != "gpu"
         try:
-            return llama_cpp.Llama(
+            return cls(
                 str(path),
                 n_ctx=n_ctx,
                 n_batch=PREFILL_CHUNK,
@@ -129,6 +151,7 @@ class LlamaCppModel:
                 # memory for Phi-3-mini's 2.15 GB q4_0). Reading the file instead keeps one copy.
                 use_mmap=not on_cpu,
                 verbose=False,
+                **extra,
             )
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"llama.cpp could not load {path.name}: {exc}") from None
@@ -142,23 +165,21 @@ class LlamaCppModel:
     def detokenize(self, ids) -> str:
         return self._decode_special([int(i) for i in ids])
 
-    def _prefill(self, ids: list[int]) -> None:
-        """Evaluate `ids`, reusing the cached whole chunks it starts with; see the module's docstring."""
+    def token_bytes(self, ident: int) -> bytes:
+        """A token's own bytes (byte-level tokens may hold part of a UTF-8 character)."""
+        return self._llm.detokenize([int(ident)], special=True)
+
+    def _keep_chunks(self, ids: list[int]) -> None:
+        """Cut the KV cache back to the whole chunks `ids` starts with, so that `Llama.generate`, which reuses
+        the longest prefix it holds, evaluates the rest in aligned chunks; see the module's docstring."""
         shared = 0
         for a, b in zip(self._canonical if self._reuse else (), ids, strict=False):
             if a != b:
                 break
             shared += 1
         keep = min(shared, len(ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
-        llm = self._llm
-        llm.n_tokens = keep  # eval() drops the KV cache past n_tokens first
-        self._canonical = []  # unknown until the evaluation below completes
-        llm.eval(ids[keep:])  # in n_batch = PREFILL_CHUNK pieces, from a multiple of PREFILL_CHUNK
-        self._canonical = ids[: len(ids) // PREFILL_CHUNK * PREFILL_CHUNK]
-
-    def _logits(self) -> np.ndarray:
-        row = self._llm._ctx.get_logits_ith(-1)
-        return np.ctypeslib.as_array(row, shape=(self._n_vocab,))
+        self._llm.n_tokens = keep  # generate() then drops the KV cache past it
+        self._canonical = []  # unknown until the prompt's evaluation completes
 
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
@@ -167,28 +188,59 @@ class LlamaCppModel:
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
-        sample = Sampler(config, ids, self._n_vocab)
+        sampler = Sampler(config, ids, self._n_vocab)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced: list[int] = []
         reason = "length"
-        self._prefill(ids)
-        while True:
-            token = sample(self._logits())
-            produced.append(token)
-            if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
-                reason = "stop"
-                break
-            # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across tokens.
-            text = decoder.decode(self._llm.detokenize([token]))
-            if text:
-                yield TextDelta(text, _now())
-            if cancel.is_set():
-                reason = "cancelled"
-                break
-            if len(produced) >= max_tokens:
-                break
-            self._llm.eval([token])
-        yield Finished(reason, n_prompt, len(produced), _now(), tuple(produced))
+        seeded = config.seed is not None and not config.greedy
+        k = config.logprobs
+        # Log-probs read the context's last logits row, which is the sampled token's only when one token is
+        # checked per step: a request that asks for them is decoded without drafts.
+        stepper = self._drafter.start(ids, seeded, paused=k is not None) if self._drafter is not None else None
+        self._keep_chunks(ids)
+        tokens = self._llm.generate(
+            ids,
+            # aipc's sampler picks the token (see the module's docstring); llama.cpp's stages are neutral.
+            temp=0.0,
+            top_k=1,
+            repeat_penalty=1.0,
+            logits_processor=llama_cpp.LogitsProcessorList([_chooser(sampler)]),
+            reset=True,
+        )
+        n_vocab = self._n_vocab
+        try:
+            for token in tokens:
+                token = int(token)
+                if not produced:  # the prompt is in: its whole chunks can serve the next prompt
+                    self._canonical = ids[: n_prompt // PREFILL_CHUNK * PREFILL_CHUNK]
+                produced.append(token)
+                if stepper is not None:
+                    stepper.push(token)
+                if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
+                    reason = "stop"
+                    break
+                logprob = ()
+                if k is not None:  # the logits this token was sampled from: the context's last row, before eval
+                    raw = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+                    logprob = (logprobs_from_logits(np.ctypeslib.as_array(raw, shape=(n_vocab,)), token, k),)
+                # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across
+                # tokens (llama-cpp-python's tokenizer ignores prev_tokens, so none are kept).
+                text = decoder.decode(self._llm.detokenize([token]))
+                if text or logprob:
+                    yield TextDelta(text, _now(), logprob)
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if len(produced) >= max_tokens:
+                    break
+        finally:
+            tokens.close()
+        end = _now()
+        counts = speculate.Counts()
+        if stepper is not None:
+            stepper.finish()
+            counts = stepper.counts
+        yield Finished(reason, n_prompt, len(produced), end, tuple(produced), counts.drafted, counts.accepted)
 
     def scorer(self) -> LlamaCppScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same
@@ -201,9 +253,25 @@ class LlamaCppModel:
         self._canonical = []
 
     def close(self) -> None:
+        if self._drafter is not None:
+            self._drafter.close()
+            self._drafter = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+def _chooser(sampler: Sampler):
+    """aipc's sampler as llama-cpp-python's logits processor, the first stage of its chain (logits in id order):
+    the token it picks is left the only candidate."""
+
+    def choose(input_ids, scores):
+        token = sampler(scores)
+        scores[:] = -np.inf
+        scores[token] = 0.0
+        return scores
+
+    return choose
 
 
 class LlamaCppScorer:

@@ -18,6 +18,7 @@ from time import perf_counter as _now
 import numpy as np
 import onnxruntime_genai as og
 
+from aipc.backends import speculate
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
@@ -29,6 +30,7 @@ from aipc.backends.base import (
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
+from aipc.engine.logprobs import logprobs_from_logits
 from aipc.errors import ContextLengthError, GenerationError, UsageError
 from aipc.store.resolve import ModelSource
 
@@ -61,6 +63,9 @@ def _kv_type(source: ModelSource, device: DeviceInfo) -> str:
 
 
 class OnnxRuntimeModel:
+    # Log-probs come from the generator's logits at each step (see `generate`).
+    reports_logprobs = True
+
     def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
         from aipc.engine import context as ctx_policy
 
@@ -83,8 +88,17 @@ class OnnxRuntimeModel:
         weights = sum(f.stat().st_size for f in source.path.glob("*.onnx*"))
         # ONNX Runtime GenAI allocates the KV cache for max_length tokens up front.
         self._context = ctx_policy.choose(config.context_length, dims, kv_type, name=source.name, reserve_bytes=weights)
+        self._spec = speculate.parse(config.speculate)
+        self._governor = speculate.Governor(pads_misses=False) if self._spec.mode == "auto" else None
+        folder = source.path
+        if self._spec.mode == "draft":
+            from aipc.backends.onnxruntime_speculate import check_draft, composite_folder
+
+            self._draft = speculate.draft_source(self._spec.draft, ("onnx-genai",))
+            check_draft(source, None, self._draft, self._spec.draft)  # vocabulary sizes, before the runtime
+            folder = composite_folder(source, self._draft)
         try:
-            cfg = og.Config(str(source.path))
+            cfg = og.Config(str(folder))
             cfg.clear_providers()
             if device.runtime_name != "cpu":
                 cfg.append_provider(device.runtime_name)
@@ -92,6 +106,10 @@ class OnnxRuntimeModel:
         except RuntimeError as exc:
             raise UsageError(f"ONNX Runtime GenAI could not load {source.name} on {device.name}: {exc}") from None
         self._tok = og.Tokenizer(self._model)
+        if self._spec.mode == "draft":
+            from aipc.backends.onnxruntime_speculate import check_draft
+
+            check_draft(source, self._tok, self._draft, self._spec.draft)
         self._generator: og.Generator | None = None
         self._special_ids: dict[int, str] | None = None
         self._cached: tuple[tuple, list[int]] | None = None  # (search options, token ids in the KV cache)
@@ -100,6 +118,7 @@ class OnnxRuntimeModel:
         self._stop_ids = set(eos if isinstance(eos, list) else [eos]) | end_of_turn_ids(
             self.tokenize, lambda ids: self._tok.decode(ids)
         )
+        self.vocab_size = int(genai["model"].get("vocab_size") or 0) or None
         bos_id = genai["model"].get("bos_token_id")
         self.info = ModelInfo(
             name=source.name,
@@ -143,36 +162,86 @@ class OnnxRuntimeModel:
         ids = [int(t) for t in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
-        generator, keep = self._generator_for(ids, config)
+        k = config.logprobs
+        shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias)
+        seeded = config.seed is not None and not config.greedy
+        kind, speculative = self._speculation(ids, seeded, k is not None or shaping)
+        generator, keep = self._generator_for(ids, config, speculative)
         key, self._cached = self._cached[0], None  # unknown until the prompt is in
+        before = generator.get_speculative_stats() if speculative is not None else None
         for start in range(keep, n_prompt, PREFILL_CHUNK):  # aligned chunks: see the module's docstring
             generator.append_tokens(np.asarray(ids[start : start + PREFILL_CHUNK], dtype=np.int32))
         self._cached = (key, ids[: n_prompt // PREFILL_CHUNK * PREFILL_CHUNK])
         stream = self._tok.create_stream()
         generated = 0
         produced: list[int] = []
+        times: list[float] = []
         reason = "length"
+        bias = _bias_arrays(config.logit_bias)
         while not generator.is_done():
             if cancel.is_set():
                 reason = "cancelled"
                 break
+            logits = None
+            if k is not None or shaping:  # the logits the next token is chosen from
+                logits = np.array(generator.get_logits(), dtype=np.float32).reshape(-1)
+            if shaping:  # OpenAI's penalties and logit_bias, applied to those logits before the search
+                generator.set_logits(_shaped(logits, produced, config, bias)[None, :])
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
+            times.append(_now())
             generated += 1
             produced.append(token)
             if token in self._stop_ids and not config.ignore_eos:
                 reason = "stop"
                 break
+            logprob = (logprobs_from_logits(logits, token, k),) if k is not None else ()
             text = stream.decode(token)
-            if text:
-                yield TextDelta(text, _now())
+            if text or logprob:
+                yield TextDelta(text, times[-1], logprob)
             if generated >= max_tokens:
                 break
         else:
             reason = "stop" if generated < max_tokens else "length"
-        yield Finished(reason, n_prompt, generated, _now(), tuple(produced))
+        end = _now()
+        counts = self._settle(kind, ids, produced, times, before, generator)
+        yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
 
-    def _generator_for(self, ids: list[int], config: GenerationConfig) -> tuple[og.Generator, int]:
+    def _speculation(self, ids, seeded: bool = False, reads_logits: bool = False) -> tuple[str, dict | None]:
+        """(kind of request, the speculative options for it, or None for plain decoding). A request that reads or
+        shapes the logits between steps decodes one token per step: prompt lookup would check several at once."""
+        from aipc.backends.onnxruntime_speculate import lookup_options
+
+        if reads_logits and self._spec.mode != "draft":
+            return "", None
+
+        if self._spec.mode == "lookup":
+            return "", lookup_options(speculate.DEFAULT_WIDTH)
+        if self._spec.mode == "draft":
+            return "", {"max_draft_tokens": speculate.DEFAULT_WIDTH}
+        if self._governor is None:
+            return "", None
+        kind, width = self._governor.plan([int(t) for t in ids], seeded=seeded)
+        return kind, (lookup_options(width) if width else None)
+
+    def _settle(self, kind, ids, produced, times, before, generator) -> speculate.Counts:
+        """What was drafted and accepted; for auto, what the governor learns from this generation."""
+        from aipc.backends.onnxruntime_speculate import Costs
+
+        counts = speculate.Counts()
+        costs = Costs(self._governor) if self._governor is not None else None
+        if before is not None:
+            after = generator.get_speculative_stats()
+            counts = (costs or Costs(speculate.Governor(pads_misses=False))).speculative(before, after)
+        elif costs is not None:
+            costs.plain(times)
+        if self._governor is not None:
+            self._governor.record(kind, [int(t) for t in ids], produced)
+        return counts
+
+    def _generator_for(
+        self, ids: list[int], config: GenerationConfig, speculative: dict | None = None
+    ) -> tuple[og.Generator, int]:
         """A generator and how many leading prompt tokens it already holds in its KV cache.
 
         The last generator is kept; a prompt that starts with the whole chunks it holds (a chat's next turn, the
@@ -191,7 +260,7 @@ class OnnxRuntimeModel:
                 options["top_k"] = config.top_k
             if config.seed is not None:
                 options["random_seed"] = config.seed
-        key = tuple(sorted(options.items()))
+        key = (tuple(sorted(options.items())), tuple(sorted((speculative or {}).items())))
         if self._reuse and self._cached and self._cached[0] == key and config.seed is None:
             shared = 0
             for a, b in zip(self._cached[1], ids, strict=False):
@@ -204,6 +273,8 @@ class OnnxRuntimeModel:
                 return self._generator, keep
         params = og.GeneratorParams(self._model)
         params.set_search_options(**options)
+        if speculative is not None:
+            params.set_speculative_options(**speculative)
         self._generator = og.Generator(self._model, params)
         self._cached = (key, [])
         return self._generator, 0
@@ -220,6 +291,23 @@ class OnnxRuntimeModel:
     def close(self) -> None:
         self._generator = None
         self._model = None
+
+
+def _bias_arrays(bias: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray([i for i, _ in bias], dtype=np.int64), np.asarray([b for _, b in bias], dtype=np.float32)
+
+
+def _shaped(logits: np.ndarray, produced: list[int], config: GenerationConfig, bias) -> np.ndarray:
+    """logit[t] - frequency * count(t) - presence * (count(t) > 0) + logit_bias[t], counting generated tokens."""
+    out = logits.copy()
+    if produced and (config.presence_penalty or config.frequency_penalty):
+        ids, counts = np.unique(np.asarray(produced, dtype=np.int64), return_counts=True)
+        out[ids] -= config.frequency_penalty * counts + config.presence_penalty
+    ids, values = bias
+    if len(ids):
+        keep = ids < out.shape[0]
+        out[ids[keep]] += values[keep]
+    return out
 
 
 class OnnxRuntimeScorer:

@@ -22,6 +22,7 @@ from aipc.backends.base import (
     ModelInfo,
     end_of_turn_ids,
     folder_special_tokens,
+    refuse_options,
     stream_from_callback,
     vocab_special_tokens,
 )
@@ -92,6 +93,10 @@ def pipeline_properties(config: LoadConfig, device: DeviceInfo, ir: Path | None 
         props |= {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     if config.precision_hint == "f32":
         props |= {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+        if device.name == "cpu":
+            # The CPU plugin otherwise quantizes activations to int8 in multi-token matmuls over compressed
+            # weights (prefill, speculative checks), so they disagree with one-token steps even at f32.
+            props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
     if config.kv_cache is not None:
         if device.name.startswith("npu"):
             raise UsageError(
@@ -155,6 +160,7 @@ class OpenVINOModel:
         is_npu = device.name.startswith("npu")
         path = ir_path(source, device)
         self._context = sum(npu_limits(config)) if is_npu else self._choose_context(source, path, config, device)
+        self._speculator = self._speculation(config, device)
         try:
             self._pipe = self._open(path, config, device)
         except RuntimeError as exc:
@@ -163,6 +169,7 @@ class OpenVINOModel:
         self._stop_ids = self._end_of_turn_ids()
         context = self._context
         max_prompt = npu_limits(config)[0] if is_npu else context - 1
+        self.vocab_size = len(self._tok.get_vocab()) or None
         self.info = ModelInfo(
             name=source.name,
             backend="openvino",
@@ -197,16 +204,38 @@ class OpenVINOModel:
         weights = sum(f.stat().st_size for f in ir.glob("*.bin"))
         return ctx_policy.choose(config.context_length, dims, kv_type, name=source.name, reserve_bytes=weights)
 
-    def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
+    def _open(self, path: Path, config: LoadConfig, device: DeviceInfo, **extra):
         props = pipeline_properties(config, device, path)
+        if self._speculator is not None and not extra:
+            from aipc.backends.openvino_speculate import pipeline_kwargs
+
+            extra = pipeline_kwargs(self._speculator.spec, device, props, path)
         if device.name.startswith("npu"):
-            return ov_genai.LLMPipeline(str(path), device.runtime_name, **props)
+            return ov_genai.LLMPipeline(str(path), device.runtime_name, **props, **extra)
         return ov_genai.LLMPipeline(
             str(path),
             device.runtime_name,
             scheduler_config=scheduler_config(self._context, config.prefix_cache is True),
             **props,
+            **extra,
         )
+
+    def _speculation(self, config: LoadConfig, device: DeviceInfo):
+        """The speculator for `config.speculate` (see `openvino_speculate`), or None for plain decoding. auto on
+        the NPU is plain decoding: its static pipeline has no prompt lookup."""
+        from aipc.backends import speculate
+
+        spec = speculate.parse(config.speculate)
+        if not spec.active or (spec.mode == "auto" and device.name.startswith("npu")):
+            return None
+        from aipc.backends.openvino_speculate import Speculator, refuse_on
+
+        refuse_on(spec, device)
+
+        def open_lookup():
+            return self._open(self._ir, config, device, prompt_lookup=True)
+
+        return Speculator(spec, open_lookup)
 
     def _default_generation_config(self) -> ov_genai.GenerationConfig:
         return self._pipe.get_generation_config()
@@ -249,6 +278,11 @@ class OpenVINOModel:
         gc.ignore_eos = cfg.ignore_eos
         gc.eos_token_id = self._tok.get_eos_token_id()
         gc.repetition_penalty = cfg.repetition_penalty
+        refuse_options(cfg, "openvino", penalties=True, logit_bias=False)
+        # OpenVINO moves a penalised logit toward zero (subtracting when it is >= 0, adding when negative), where
+        # OpenAI, llama.cpp and aipc's ONNX Runtime path always subtract: the same for the likely tokens.
+        gc.presence_penalty = cfg.presence_penalty
+        gc.frequency_penalty = cfg.frequency_penalty
         if not cfg.greedy:
             gc.do_sample = True
             gc.temperature = cfg.temperature
@@ -279,13 +313,21 @@ class OpenVINOModel:
             gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
 
         def run(on_text) -> Finished:
+            spec = self._speculator
             try:
-                result = self._pipe.generate(inputs, gc, on_text)
+                if spec is None:
+                    result = self._pipe.generate(inputs, gc, on_text)
+                else:
+                    seeded = config.seed is not None and not config.greedy
+                    result = spec.generate(self._pipe, self._tok, prompt, inputs, gc, on_text, seeded)
             except RuntimeError as exc:
                 raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
+            end = _now()
             tokens = result.tokens[0]
             reason = "cancelled" if cancel.is_set() else _FINISH.get(result.finish_reasons[0], "stop")
-            return Finished(reason, n_prompt, len(tokens), _now(), tuple(int(t) for t in tokens))
+            counts = spec.settle() if spec is not None else None
+            drafted, accepted = (counts.drafted, counts.accepted) if counts else (0, 0)
+            return Finished(reason, n_prompt, len(tokens), end, tuple(int(t) for t in tokens), drafted, accepted)
 
         return stream_from_callback(run, cancel)
 
@@ -298,6 +340,8 @@ class OpenVINOModel:
         if not (self._is_npu or self._load_config.prefix_cache):
             return
         self._pipe = None
+        if self._speculator is not None:
+            self._speculator.forget()
         self._pipe = self._open(self._ir, self._load_config, self._device)
         self._tok = self._pipe.get_tokenizer()
         cancel = threading.Event()
@@ -315,6 +359,8 @@ class OpenVINOModel:
 
     def close(self) -> None:
         self._pipe = None
+        if self._speculator is not None:
+            self._speculator.forget()
 
 
 class OpenVINOScorer:
@@ -393,8 +439,10 @@ def ir_path(source: ModelSource, device: DeviceInfo) -> Path:
     loads faster, and the NPU compiles only mended IR."""
     if source.format != "gguf":
         return source.path
+    from aipc.convert.gguf_exact import check_readable
     from aipc.convert.gguf_openvino import ir_for_gguf
 
+    check_readable(source.path)  # a type the reader cannot read exactly: refused here, so `load` falls back
     return ir_for_gguf(source.path, "npu" if device.name.startswith("npu") else "compressed")
 
 

@@ -127,6 +127,18 @@ class OpenVINOBatchedModel(OpenVINOModel):
     def _default_generation_config(self) -> ov_genai.GenerationConfig:
         return self._pipe.get_config()
 
+    def _speculation(self, config: LoadConfig, device: DeviceInfo) -> None:
+        """Batching many requests is this mode's speed-up: auto decodes plainly, lookup and draft are refused."""
+        from aipc.backends import speculate
+
+        if speculate.parse(config.speculate).mode in ("lookup", "draft"):
+            raise speculate.refuse(
+                "OpenVINO's continuous-batching mode (parallel > 1)",
+                config.speculate,
+                "aipc speculates one generation at a time; use parallel 1 to speculate",
+            )
+        return None
+
     # Prefix caching keeps the blocks of every recent prompt, shared by all callers: no one chat's cache to drop.
     reset_cache = None
 

@@ -22,6 +22,7 @@ from aipc.backends.base import (
     fit_to_context,
     folder_chat_template,
     markup_tokens,
+    refuse_options,
     refuse_unsupported,
     stream_from_callback,
 )
@@ -42,6 +43,14 @@ class TorchBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> TorchModel:
+        from aipc.backends import speculate
+
+        if speculate.parse(config.speculate).mode in ("lookup", "draft"):  # auto: plain decoding
+            raise speculate.refuse(
+                "the torch backend",
+                config.speculate,
+                "it is the reference the other backends are checked against, so it decodes one token at a time",
+            )
         return TorchModel(source, config, device)
 
 
@@ -76,6 +85,7 @@ class TorchModel:
         # The cache grows with the sequence (nothing is allocated up front), so the context is only a limit.
         trained = int(getattr(self._model.config, "max_position_embeddings", 4096) or 4096)
         self._context = config.context_length or trained
+        self.vocab_size = getattr(self._model.config, "vocab_size", None)
         eos = self._model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._stop_ids = eos_ids | end_of_turn_ids(
@@ -105,6 +115,7 @@ class TorchModel:
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
         refuse_unsupported(config, "torch")
+        refuse_options(config, "torch", penalties=False, logit_bias=False)
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)

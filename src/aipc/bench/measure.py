@@ -48,6 +48,8 @@ def measure(model, prompt: str, gen_tokens: int) -> dict[str, Any]:
         "ttft_ms": done.timings.ttft_s * 1000,
         "next_token_ms": done.timings.next_token_s * 1000,
         "tokens_per_s": done.timings.tokens_per_s,
+        "drafted": done.drafted,
+        "accepted": done.accepted,
     }
 
 
@@ -81,7 +83,10 @@ def serve() -> None:
         try:
             if cmd["cmd"] == "load":
                 started = time.perf_counter()
-                model = aipc.load(cmd["model"], backend=cmd["backend"], device=cmd["device"], **cmd.get("load", {}))
+                # Speculation is off unless a configuration asks for it: comparisons of runtimes and precisions
+                # measure their plain decoding.
+                load = {"speculate": "off", **cmd.get("load", {})}
+                model = aipc.load(cmd["model"], backend=cmd["backend"], device=cmd["device"], **load)
                 reply = {
                     "load_s": time.perf_counter() - started,
                     "backend": model.info.backend,

@@ -14,6 +14,8 @@ COLUMNS = (
     ("next_token_ms", "next-token ms", "{:.2f}"),
     ("next_token_ms_stdev", "±", "{:.2f}"),
     ("tokens_per_s", "tokens/s", "{:.1f}"),
+    ("speculate", "speculate", "{}"),
+    ("acceptance", "accepted", "{}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("model_bytes", "size MB", "{}"),
     ("roofline_fraction", "of roofline", "{}"),
@@ -33,6 +35,9 @@ def table(report: dict[str, Any]) -> str:
                 row.append(f"{value / 1e6:.0f}" if value else "-")
             elif key == "roofline_fraction":
                 row.append(f"{value:.0%}" if value else "-")
+            elif key == "acceptance":
+                drafted = r.get("drafted") or 0
+                row.append(f"{r.get('accepted', 0)}/{drafted}" if drafted else "-")
             else:
                 row.append(fmt.format(value) if value is not None else "-")
         rows.append(row)
@@ -52,6 +57,8 @@ def write_csv(report: dict[str, Any], path: Path) -> None:
         "roofline_next_token_ms",
         "next_token_ms_min",
         "next_token_ms_max",
+        "drafted",
+        "accepted",
     ]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*keys, "error"], extrasaction="ignore")

@@ -12,17 +12,25 @@ from aipc.errors import UsageError
 
 
 def configurations(
-    models: list[str], backends: list[str] | None, devices: list[str], precisions: list[str] | None
+    models: list[str],
+    backends: list[str] | None,
+    devices: list[str],
+    precisions: list[str] | None,
+    speculate: list[str] | None = None,
 ) -> list:
-    """Every (model variant, backend, device) the filters allow and a backend can load."""
+    """Every (model variant, backend, device, speculate setting) the filters allow and a backend can load."""
     from aipc.backends import registry
     from aipc.bench.runner import Config
+    from aipc.engine.config import LoadConfig
     from aipc.store.resolve import resolve_all
 
     wanted = backends or registry.names()
     for name in wanted:
         if name not in registry.BACKENDS:
             raise UsageError(f"unknown backend {name!r}: valid backends are {', '.join(registry.names())}")
+    settings = speculate or ["off"]
+    for setting in settings:
+        LoadConfig(speculate=setting)  # a bad setting fails before anything loads
     configs = []
     for model in models:
         for source in resolve_all(model):
@@ -36,7 +44,11 @@ def configurations(
                 if source.format not in registry.BACKENDS[backend][3]:
                     continue
                 for device in devices:
-                    configs.append(Config(ref, backend, device, f"{source.name} {backend} {label} {device}"))
+                    for setting in settings:
+                        name = f"{source.name} {backend} {label} {device}"
+                        if len(settings) > 1 or setting != "off":
+                            name += f" speculate={setting}"
+                        configs.append(Config(ref, backend, device, name, {"speculate": setting}))
     if not configs:
         raise UsageError("nothing to measure: no backend among the filters loads these models' variants")
     return configs
@@ -47,7 +59,11 @@ def command(args: argparse.Namespace) -> int:
 
     lengths = _ints(args.prompt_lengths, "--prompt-lengths")
     configs = configurations(
-        args.models or [None], _list(args.backends), _list(args.devices) or ["cpu"], _list(args.precisions)
+        args.models or [None],
+        _list(args.backends),
+        _list(args.devices) or ["cpu"],
+        _list(args.precisions),
+        _list(args.speculate),
     )
     with progress.step("benchmarking") as step:
         result = runner.run(

@@ -75,11 +75,13 @@ class ChatSession:
         name: str | None = None,
         backend: str = "auto",
         device: str = "auto",
+        speculate: str = "auto",
     ) -> None:
         self.model = model
         self.name = name
         self.backend = backend
         self.device = device
+        self.speculate = speculate
         self.options = dict(options)
         self.system = system
         self.verbose = verbose
@@ -254,7 +256,7 @@ class ChatSession:
 
         print(f"Loading model '{name}'")
         try:
-            model = load(name, self.backend, self.device)
+            model = load(name, self.backend, self.device, self.speculate)
         except AipcError as exc:
             print(f"Couldn't load model '{name}': {exc}")
             return

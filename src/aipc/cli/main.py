@@ -13,6 +13,10 @@ from collections.abc import Sequence
 from aipc.cli import helptext as ht
 
 RAW = argparse.RawDescriptionHelpFormatter
+SPECULATE_HELP = (
+    "speculative decoding: auto (prompt lookup where measured to pay; default), off, lookup, or draft:MODEL "
+    "(a small model with the same tokenizer drafts)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +115,7 @@ def _add_run(sub) -> None:
     run.add_argument("--seed", type=int, help="random seed for reproducible sampling (>= 0; default: random)")
     run.add_argument("--system", help="system prompt (default: none, or a created model's own)")
     _add_load_options(run)
+    run.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
     run.add_argument("-i", "--interactive", action="store_true", help="chat even when stdin is not a terminal")
     run.add_argument("--nowordwrap", action="store_true", help="don't wrap the answer at word boundaries in a terminal")
     run.add_argument(
@@ -162,6 +167,7 @@ def _add_serve(sub) -> None:
     serve.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM (default 30)"
     )
+    serve.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
     serve.add_argument(
         "--keep-alive", help="how long an idle model stays loaded: 5m, 1h, 30s, 0, -1 = forever (default: 5m)"
@@ -350,6 +356,9 @@ def _add_bench(sub) -> None:
     bench.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     bench.add_argument("--repeats", type=int, default=3, help="measured runs per configuration (default 3)")
     bench.add_argument("--warmup", type=int, default=1, help="discarded runs first (default 1)")
+    bench.add_argument(
+        "--speculate", default="off", help="comma-separated speculate settings to compare, e.g. off,auto (default: off)"
+    )
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bench.add_argument("--csv", metavar="FILE", help="write the results as CSV")
     bench.add_argument("--plot", metavar="FILE.png", help="next-token latency by input length (needs matplotlib)")
@@ -364,13 +373,14 @@ def _add_eval(sub) -> None:
         description="Score MODEL (default: the embedded smollm2:135m) on a text, teacher-forced in overlapping "
         "windows: its perplexity and, against a reference model with the same tokenizer, the mean "
         "KL(reference || model) of the next-token distributions and how often both rank the same token first. "
-        "The reference defaults to the fp32 PyTorch form of the Hugging Face folder a stored variant was "
-        "converted from.",
+        "The reference defaults to the model's own weights at full precision: the Hugging Face folder a stored "
+        "variant was converted from (PyTorch fp32), or the GGUF file it is or was made from, dequantized to f32 "
+        "(llama.cpp, made once and kept in the store); with none, perplexity alone.",
     )
     ev.add_argument("model", nargs="?", metavar="MODEL", help="a model name, NAME@VARIANT, or a model path")
     ev.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default: the shipped Jargon File excerpt)")
     ev.add_argument(
-        "--reference", metavar="MODEL", help="the model to compare with, or 'none' (default: the variant's source)"
+        "--reference", metavar="MODEL", help="the model to compare with, or 'none' (default: its own weights at f32)"
     )
     ev.add_argument("--reference-backend", default="auto", help="the backend that runs --reference (default: auto)")
     ev.add_argument("--max-tokens", type=int, default=4096, help="tokens scored, from the text's start (default 4096)")

@@ -24,7 +24,7 @@ def command(args: argparse.Namespace) -> int:
     options = generation_options(args)
     GenerationConfig().updated(**options)
     load_options = {"context_length": args.context_length, "kv_cache": args.kv_cache}
-    LoadConfig(backend=args.backend, device=args.device, **load_options)
+    LoadConfig(backend=args.backend, device=args.device, speculate=args.speculate, **load_options)
     _check_model(model_name, guessed)
 
     stdin_tty = sys.stdin is not None and sys.stdin.isatty()
@@ -36,7 +36,7 @@ def command(args: argparse.Namespace) -> int:
     if prompt is None and not interactive:
         raise UsageError("no prompt: pass one as an argument, pipe it on stdin, or run in a terminal to chat")
 
-    model = load(model_name, args.backend, args.device, **load_options)
+    model = load(model_name, args.backend, args.device, args.speculate, **load_options)
     wrap = not args.nowordwrap
     with model:
         if args.verbose:
@@ -53,6 +53,7 @@ def command(args: argparse.Namespace) -> int:
                 name=model_name,
                 backend=args.backend,
                 device=args.device,
+                speculate=args.speculate,
             )
             return session.loop()
         done = print_stream(model.stream(prompt, system=args.system, **options), sys.stdout, wordwrap=wrap)
@@ -108,14 +109,14 @@ def read_piped_stdin() -> str:
     return sys.stdin.read().strip()
 
 
-def load(name: str | None, backend: str, device: str, **load_options):
+def load(name: str | None, backend: str, device: str, speculate: str = "auto", **load_options):
     """Open the model with a spinner on the terminal (a first run's conversion shows as its own step);
-    `load_options` are LoadConfig's (context_length, kv_cache)."""
+    `load_options` are LoadConfig's others (context_length, kv_cache)."""
     import aipc
     from aipc import progress
 
     with progress.step(f"loading {name or 'the default model'}"):
-        return aipc.load(name, backend=backend, device=device, **load_options)
+        return aipc.load(name, backend=backend, device=device, speculate=speculate, **load_options)
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -178,6 +179,8 @@ def stats_line(done: Done, load_seconds: float | None = None) -> str:
         f"next-token {t.next_token_s * 1000:.1f} ms",
         f"{t.tokens_per_s:.1f} tokens/s",
         f"{done.usage.completion_tokens} tokens generated ({done.finish_reason})",
+        f"drafted {done.drafted}, accepted {done.accepted}"
+        + (f" ({done.accepted / done.drafted:.0%})" if done.drafted else ""),
         f"{what_ran(done.model)} on {done.backend}/{done.device}" if done.model else f"{done.backend}/{done.device}",
     ]
     return " | ".join(parts)

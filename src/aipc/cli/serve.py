@@ -39,6 +39,7 @@ def command(args: argparse.Namespace) -> int:
         read_only=args.read_only,
         allow_paths=args.allow_paths,
         log_format=args.log_format,
+        speculate=args.speculate,
     )
     settings.check()  # unsafe or impossible settings fail here, before fastapi or the runtime are imported
     from aipc.server.runner import serve

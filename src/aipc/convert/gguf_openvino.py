@@ -11,6 +11,10 @@ in that graph (OpenVINO 2026.4) stop the NPU pipeline from compiling it, and are
 
 The NPU variant also folds the int4/int8 decompression into fp16 weights: the NPU partitioner (NPUW) cannot
 share one compressed weight between the embedding and a tied LM head.
+
+The reader rounds some quantization types (Q4_1's float minimum becomes an integer zero point); `gguf_exact`
+puts the file's exact values back, or refuses a file the reader cannot read, and `ir_fusion` merges the
+compressed matmuls that share an input (the compressed variant only).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 from aipc import progress
+from aipc.convert.gguf_exact import RECIPE_VERSION
 from aipc.convert.sources import sha256
 from aipc.errors import ConversionError
 from aipc.store import paths
@@ -37,7 +42,7 @@ def ir_for_gguf(gguf: Path, variant: str = "compressed") -> Path:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{RECIPE_VERSION}".encode()).hexdigest()[:16]
     target = paths.home() / "cache" / "gguf-openvino" / f"{gguf.stem}-{key}-{variant}"
     with staged(target) as tmp:
         if tmp is not None:
@@ -47,11 +52,18 @@ def ir_for_gguf(gguf: Path, variant: str = "compressed") -> Path:
     return target
 
 
-def _convert(gguf: Path, out: Path, *, fold_weights: bool) -> None:
+def _convert(gguf: Path, out: Path, *, fold_weights: bool, exact: bool = True, merge: bool = True) -> None:
+    """The reader's IR of `gguf`, mended, with exact weights and merged matmuls (compressed) or fp16 weights
+    (NPU). `exact=False` keeps the reader's rounding and `merge=False` the reader's matmuls: the baselines
+    benchmarks/gguf_exact.py measures against."""
     import openvino as ov
     import openvino_genai as ov_genai
 
+    from aipc.convert import gguf_exact, ir_fusion
+
     started = time.perf_counter()
+    if exact:
+        gguf_exact.check_readable(gguf)
     raw = out / "raw"
     raw.mkdir()
     link = raw / gguf.name
@@ -66,8 +78,12 @@ def _convert(gguf: Path, out: Path, *, fold_weights: bool) -> None:
         raise ConversionError(f"OpenVINO could not read {gguf.name}: {str(exc).strip().splitlines()[-1]}") from None
     model = ov.Core().read_model(raw / "openvino_model.xml")
     repeats = _mend_kv_repeat(model)
+    repaired = gguf_exact.repair(model, gguf) if exact else {}
+    merged = 0
     if fold_weights:
         _fold_constants(model)
+    elif merge:
+        merged = ir_fusion.fuse_shared_inputs(model)
     ov.save_model(model, out / "openvino_model.xml", compress_to_fp16=fold_weights)
     xml = out / "openvino_model.xml"
     xml.write_bytes(_VALUE_STATE.sub(rb"valuepresent.\1.value", xml.read_bytes()))
@@ -78,7 +94,13 @@ def _convert(gguf: Path, out: Path, *, fold_weights: bool) -> None:
         "source": str(gguf),
         "source_sha256": sha256(gguf),
         "format": "openvino-ir",
-        "recipe": {"from": "gguf", "weights": "fp16 (folded)" if fold_weights else "as in the GGUF file"},
+        "recipe": {
+            "from": "gguf",
+            "version": RECIPE_VERSION if exact else None,
+            "weights": "fp16 (folded)" if fold_weights else "as in the GGUF file",
+            "exact_scales_and_zero_points": repaired,
+            "merged_matmuls": merged,
+        },
         "mended": {"kv_repeat_broadcasts": repeats, "value_state_names": True},
         "openvino": ov.get_version(),
         "seconds": round(time.perf_counter() - started, 2),

@@ -12,7 +12,8 @@ from aipc.convert.tools import run_tool
 from aipc.errors import ConversionError, UsageError
 
 LLAMA_CPP_DIR_ENV = "AIPC_LLAMA_CPP_DIR"
-GGUF_FTYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* values
+# llama.cpp's LLAMA_FTYPE_* values. f32 (ALL_F32) writes a file's weights dequantized: `aipc eval`'s reference.
+GGUF_FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}
 
 
 def export_openvino(checkpoint: Path, out: Path, recipe: Recipe, log: Path) -> None:

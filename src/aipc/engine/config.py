@@ -17,6 +17,7 @@ DEVICES = ("auto", "cpu", "gpu", "npu")
 # KV-cache element types a load may ask for: "q8" is llama.cpp's q8_0 and OpenVINO's u8 (8-bit with a scale and
 # zero point per group). None lets each runtime keep its own default.
 KV_CACHE_TYPES = ("f32", "f16", "q8")
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class LoadConfig:
     # keeps answers exact (llama.cpp, ONNX Runtime, the NPU), not on OpenVINO's CPU/GPU pipeline, whose prefix
     # cache can change a greedy answer; True turns it on there too (faster chats, answers may differ).
     prefix_cache: bool | None = None
+    # Speculative decoding: "auto" (prompt lookup where measurement says it pays), "off", "lookup" (always), or
+    # "draft:MODEL" (a small draft model with the same tokenizer). See aipc.backends.speculate.
+    speculate: str = "auto"
 
     def __post_init__(self) -> None:
         device = self.device.lower().replace(" ", "")
@@ -65,6 +69,7 @@ class LoadConfig:
             raise InvalidConfigError(f"prefix_cache must be true, false or None, got {self.prefix_cache!r}")
         if self.kv_cache is not None and self.kv_cache not in KV_CACHE_TYPES:
             raise InvalidConfigError(f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, got {self.kv_cache!r}")
+        _check_speculate(self.speculate)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,15 @@ class GenerationConfig:
     ignore_eos: bool = False
     # A JSON Schema (as JSON text) the answer must conform to; the runtime constrains decoding to it.
     json_schema: str | None = None
+    # Log-probabilities of the generated tokens: None leaves them out; N (0-20) adds each token's log-prob and
+    # its N most likely alternatives to the `TextDelta`s.
+    logprobs: int | None = None
+    # OpenAI's penalties: logit[t] -= frequency_penalty * count(t) + presence_penalty * (count(t) > 0), counting
+    # the tokens generated so far.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Added to the logits of the given token ids before sampling: ((id, bias), ...), bias in [-100, 100].
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -106,6 +120,15 @@ class GenerationConfig:
                 raise InvalidConfigError(f"stop strings must be non-empty strings, got {s!r}")
         if self.json_schema is not None:
             _check_json_schema(self.json_schema)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, low=0, hint=f"an integer from 0 to {MAX_TOP_LOGPROBS}")
+            if self.logprobs > MAX_TOP_LOGPROBS:
+                raise InvalidConfigError(
+                    f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {self.logprobs!r}"
+                )
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_float(name, getattr(self, name), ok=lambda v: -2 <= v <= 2, hint="a number from -2 to 2")
+        object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
 
     @property
     def greedy(self) -> bool:
@@ -122,6 +145,15 @@ class GenerationConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _check_speculate(value: Any) -> None:
+    ok = isinstance(value, str) and (
+        value.strip().lower() in ("auto", "off", "lookup")
+        or (value.strip().startswith("draft:") and value.strip()[len("draft:") :].strip() != "")
+    )
+    if not ok:
+        raise InvalidConfigError(f"speculate must be auto, off, lookup or draft:MODEL, got {value!r}")
+
+
 def _check_json_schema(value: Any) -> None:
     import json
 
@@ -131,6 +163,26 @@ def _check_json_schema(value: Any) -> None:
         schema = None
     if not isinstance(schema, dict):
         raise InvalidConfigError(f"json_schema must be a JSON Schema object as JSON text, got {value!r:.80}")
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """`{id: bias}` or `((id, bias), ...)` as sorted pairs; ids are token ids, biases in [-100, 100]."""
+    items = value.items() if isinstance(value, dict) else value
+    out = {}
+    try:
+        pairs = [(k, v) for k, v in items]
+    except (TypeError, ValueError):
+        raise InvalidConfigError(f"logit_bias must map token ids to numbers, got {value!r:.80}") from None
+    for key, bias in pairs:
+        try:
+            ident = int(key)
+        except (TypeError, ValueError):
+            ident = -1
+        if isinstance(key, bool) or ident < 0:
+            raise InvalidConfigError(f"logit_bias keys must be token ids (integers >= 0), got {key!r}")
+        _check_float("logit_bias", bias, ok=lambda v: -100 <= v <= 100, hint="a map to numbers from -100 to 100")
+        out[ident] = float(bias)
+    return tuple(sorted(out.items()))
 
 
 def _check_int(name: str, value: Any, *, low: int, hint: str) -> None:

@@ -10,11 +10,23 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token with its log-probability (natural log, the model's own distribution before any sampling
+    option), and the `top` most likely tokens at its position as (id, logprob), most likely first."""
+
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
-    """A piece of answer text, stamped with `time.perf_counter()` when the runtime produced it."""
+    """A piece of answer text, stamped with `time.perf_counter()` when the runtime produced it. `tokens`: the
+    tokens whose text this is, with their log-probs, when the request asked for them (`logprobs`)."""
 
     text: str
     t: float
+    tokens: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +60,9 @@ class Done:
     device: str
     token_ids: tuple[int, ...] = ()  # the generated ids (end-of-turn token included), for parity and eval
     model: str = ""  # what ran: `name@variant` for a stored variant, else the model's name
+    # Speculative decoding: draft tokens the model checked, and how many it accepted (0, 0 without speculation).
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +74,8 @@ class Finished:
     completion_tokens: int
     t: float
     token_ids: tuple[int, ...] = ()
+    drafted: int = 0
+    accepted: int = 0
 
 
 Event = TextDelta | Done

@@ -50,6 +50,9 @@ class Model:
         self.context_length = context_length
         self._fallback = fallback  # opens the model off the NPU when a prompt is over the NPU pipeline's limit
         self._alternative: Backend | None = None
+        self._scorers: dict[int, Scorer] = {}  # per backend, opened on first need (log-probs, eval)
+        self._score_lock = threading.Lock()
+        self._token_texts: dict[int, str] = {}
 
     @property
     def info(self) -> ModelInfo:
@@ -107,7 +110,7 @@ class Model:
             config = self.defaults.updated(**options)
             if isinstance(prompt, str):
                 return self._run(lambda backend: backend.tokenize(prompt), config)
-            ids = [int(i) for i in prompt]
+            ids = self.check_ids(prompt)
             return self._run(lambda backend: ids, config)
         if not isinstance(prompt, str):
             raise UsageError("a prompt of token ids needs raw=True (the chat template takes text)")
@@ -144,22 +147,36 @@ class Model:
             items = backend.generate(ids, config, cancel)
         except ContextLengthError as exc:
             backend = self._route_off_npu(exc)
-            items = backend.generate(*self._capped(encode(backend), config), cancel)
+            ids, config = self._capped(encode(backend), config)
+            items = backend.generate(ids, config, cancel)
+        if config.logprobs is not None and not getattr(backend, "reports_logprobs", False):
+            from aipc.engine.logprobs import scored_after
+
+            make = backend  # bound now: the scorer belongs to the backend that generated
+
+            items = scored_after(items, ids, config.logprobs, lambda seq: self._score(make, seq), backend.detokenize)
+        pending: tuple = ()  # log-probs of tokens whose text is held back (no text yet, or a possible stop string)
         try:
             for item in items:
                 if isinstance(item, Finished):
                     finished = item
                     break
-                if not item.text or stopped:
+                if stopped:
+                    continue
+                if not item.text:
+                    pending += item.tokens
                     continue
                 if first is None:
                     first = item.t
                 if stopper is None:
-                    yield item
+                    yield TextDelta(item.text, item.t, pending + item.tokens) if pending else item
+                    pending = ()
                     continue
                 text, stopped = stopper.feed(item.text)
+                pending += item.tokens
                 if text:
-                    yield TextDelta(text, item.t)
+                    yield TextDelta(text, item.t, pending)
+                    pending = ()
                 if stopped:
                     cancel.set()  # the runtime stops at its next token; keep draining to its Finished
         finally:
@@ -169,7 +186,7 @@ class Model:
         if finished is None:  # the runtime ended without reporting; treat as cancelled
             finished = Finished("cancelled", 0, 0, time.perf_counter())
         if stopper is not None and not stopped and (rest := stopper.flush()):
-            yield TextDelta(rest, finished.t)
+            yield TextDelta(rest, finished.t, pending)
         reason = "stop" if stopped else finished.finish_reason
         info = backend.info
         yield Done(
@@ -180,6 +197,8 @@ class Model:
             device=info.device,
             token_ids=finished.token_ids,
             model=info.ref or info.name,
+            drafted=finished.drafted,
+            accepted=finished.accepted,
         )
 
     def _capped(self, ids: list[int], config: GenerationConfig) -> tuple[list[int], GenerationConfig]:
@@ -215,15 +234,61 @@ class Model:
     def scorer(self) -> Scorer:
         """The runtime's teacher-forced next-token log-probs (`aipc eval` measures quality with them); a backend
         without that capability is refused by name, with the backends that have it."""
-        make = getattr(self._backend, "scorer", None)
+        return self._scorer_of(self._backend, "eval")
+
+    def _scorer_of(self, backend: Backend, need: str) -> Scorer:
+        make = getattr(backend, "scorer", None)
         if make is None:
             from aipc.backends.registry import SCORING
 
             raise UsageError(
-                f"the {self.info.backend} backend cannot score tokens (needed by eval): "
+                f"the {backend.info.backend} backend cannot score tokens (needed by {need}): "
                 f"use one of {', '.join(SCORING)} (--backend)"
             )
         return make()
+
+    def _score(self, backend: Backend, ids: Sequence[int]) -> Any:
+        """Teacher-forced log-probs of `ids` ([len, vocab]) from `backend`'s scorer, opened once and kept;
+        one sequence at a time (a scorer holds one inference state)."""
+        with self._score_lock:
+            scorer = self._scorers.get(id(backend))
+            if scorer is None:
+                scorer = self._scorers[id(backend)] = self._scorer_of(backend, "log-probabilities")
+            return scorer.next_token_logprobs(ids)
+
+    def prompt_logprobs(self, ids: Sequence[int], top: int = 0) -> list[Any]:
+        """Each prompt token's `TokenLogprob` given the tokens before it (the first: None, nothing predicts it),
+        with the `top` most likely tokens at each position: what `echo` with `logprobs` returns."""
+        from aipc.engine.logprobs import prompt_logprobs
+
+        ids = [int(i) for i in ids]
+        if len(ids) < 2:
+            return [None] * len(ids)
+        return prompt_logprobs(self._score(self._backend, ids), ids, top)
+
+    def check_ids(self, ids: Sequence[int]) -> list[int]:
+        """Token ids from outside (an API's prompt of ids) checked against the vocabulary before any runtime sees
+        them: an id a runtime does not have can crash it rather than fail."""
+        size = getattr(self._backend, "vocab_size", None)
+        out = [int(i) for i in ids]
+        bad = [i for i in out if i < 0 or (size is not None and i >= size)]
+        if bad:
+            limit = f"0 to {size - 1}" if size is not None else "integers >= 0"
+            raise UsageError(f"token id {bad[0]} is not in this model's vocabulary ({limit})")
+        return out
+
+    def token_text(self, ident: int) -> str:
+        """One token's text, control tokens as their strings (kept: clients ask for the same tokens often)."""
+        text = self._token_texts.get(ident)
+        if text is None:
+            text = self._token_texts[ident] = self._backend.detokenize([ident])
+        return text
+
+    def token_bytes(self, ident: int) -> bytes:
+        """One token's bytes: the runtime's own where it gives them (a token may be part of a UTF-8 character),
+        else the UTF-8 of its text."""
+        raw = getattr(self._backend, "token_bytes", None)
+        return raw(ident) if raw is not None else self.token_text(ident).encode("utf-8")
 
     def reset_cache(self) -> None:
         """Forget any KV cache kept for the next chat turn (for measuring a turn without reuse)."""
@@ -234,6 +299,7 @@ class Model:
 
     # --- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:
+        self._scorers.clear()
         self._backend.close()
         if self._alternative is not None:
             self._alternative.close()

@@ -85,8 +85,8 @@ def evaluate(
 ) -> Evaluation:
     """Score `model` on `text` (a path; None is the shipped text), and against `reference` when there is one.
 
-    `reference`: "auto" finds the fp32 PyTorch form of the checkpoint a stored variant was converted from (an
-    error names --reference when there is none), "none" measures perplexity alone, anything else is a model
+    `reference`: "auto" finds the model's own weights at full precision (`eval.reference`; where there are
+    none, perplexity alone and a note says why), "none" measures perplexity alone, anything else is a model
     (with the same tokenizer), opened with `reference_backend`. `max_tokens` tokens from the start of the text
     are scored, in windows of `window` tokens that overlap by half."""
     from aipc.engine.model import load
@@ -106,9 +106,14 @@ def evaluate(
         opened = stack.enter_context(load(model, backend=backend, device=device))
         scorer = opened.scorer()
         ref = ref_scorer = spec = None
-        if reference not in (None, "", "none"):
-            auto = reference == "auto"
-            spec, ref_backend = (default_reference(opened.info), "torch") if auto else (reference, reference_backend)
+        notes = []
+        spec, ref_backend = (None, "") if reference in (None, "", "none") else (reference, reference_backend)
+        if reference == "auto":
+            say("finding the reference")
+            found = default_reference(opened.info)
+            spec, ref_backend = found.spec, found.backend
+            notes.append(f"reference: {found.why}" if spec else f"no KL: {found.why}")
+        if spec is not None:
             say("loading the reference")
             ref = stack.enter_context(load(spec, backend=ref_backend, device=AUTO_DEVICES))
             ref_scorer = ref.scorer()
@@ -123,7 +128,6 @@ def evaluate(
             stride=stride,
             progress=lambda done, total: say(f"scoring window {done}/{total}"),
         )
-    notes = []
     if ref is not None and scores.vocab != scores.reference_vocab:
         notes.append(
             f"vocabularies differ ({scores.reference_vocab} vs {scores.vocab}): compared over the first "

@@ -200,6 +200,8 @@ class Prepared:
         self.prompt_tokens = len(prompt)
         self.options = options
         self.echo = echo
+        self.ids = prompt
+        self.prompt_logprobs: list[Any] | None = None  # the prompt's log-probs, when echo asks for them
 
 
 def _config(entry: Entry, options: dict[str, Any], param_of: Callable[[str], str]) -> Any:
@@ -236,7 +238,7 @@ def chat_prompt(
 
 def text_prompt(
     entry: Entry,
-    text: str,
+    text: str | list[int],
     options: dict[str, Any],
     *,
     asked: int | None,
@@ -246,9 +248,17 @@ def text_prompt(
     context_length: int | None = None,
     fill: bool = False,
 ) -> Prepared:
-    """A raw prompt (no template) and options, max_tokens fitted to the context. Blocking."""
+    """A raw prompt (no template), as text or token ids, and options, max_tokens fitted to the context.
+    Blocking."""
     config = _config(entry, options, param_of)
-    prompt = entry.model.tokenize(text)
+    if isinstance(text, str):
+        prompt = entry.model.tokenize(text)
+    else:
+        try:
+            prompt = entry.model.check_ids(text)
+        except AipcError as exc:
+            raise to_api_error(exc, param=what) from None
+        text = entry.model.detokenize(prompt) if echo else ""
     options = dict(options)
     options["max_tokens"] = fit(entry, len(prompt), asked, config.max_tokens, what, context_length, fill)
     return Prepared(prompt, options, echo=text if echo else "")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 
 from aipc.errors import AipcError, ModelNotFoundError, UsageError
 from aipc.store import catalog, store
-from aipc.store.resolve import ModelSource, embedded_file, resolve_all
+from aipc.store.resolve import ModelSource, canonical_ref, embedded_file, resolve_all
 
 LATEST = ":latest"  # Ollama's default tag: "phi3:latest" names "phi3" here when no such tag exists
 
@@ -50,6 +49,9 @@ def check_name(name: Any, *, allow_paths: bool, pinned: tuple[str, ...] = ()) ->
             message = f"{exc}; this server does not open model files or folders (start it with --allow-paths)"
             raise UsageError(message) from None
         raise
+    alias = canonical_ref(name)
+    if alias != name and not _stored(name):
+        return alias  # `phi3` is `phi3:mini`: one pool entry, whatever name a client uses
     if name.endswith(LATEST) and not _known(name) and _known(name[: -len(LATEST)]):
         return name[: -len(LATEST)]
     return name
@@ -59,9 +61,16 @@ def _looks_like_path(name: str) -> bool:
     return os.sep in name or (os.altsep or os.sep) in name or name.startswith((".", "~")) or name.endswith(".gguf")
 
 
+def _stored(name: str) -> bool:
+    try:
+        return bool(store.find(name))
+    except UsageError:
+        return False
+
+
 def _known(name: str) -> bool:
     try:
-        return name in catalog.CATALOG or bool(store.find(name))
+        return catalog.canonical(name) is not None or bool(store.find(name))
     except UsageError:
         return False
 
@@ -245,73 +254,23 @@ def check_deletable(name: str) -> None:
 
 
 def delete(name: str) -> list[str]:
-    """Remove a stored model (every variant) or one NAME@VARIANT; embedded models cannot be removed."""
+    """Remove a stored model (every variant) or one NAME@VARIANT with the caches derived from it, as `aipc rm`
+    does; embedded models cannot be removed."""
+    from aipc.store import caches
+
     check_deletable(name)
-    return [v.ref for v in store.remove(name)]
+    mine = caches.owned_by(name)
+    removed = [v.ref for v in store.remove(name)]
+    caches.remove(mine)
+    return removed
 
 
 def copy(source: str, destination: str) -> list[str]:
-    """Copy a model under a new name: every stored variant (files hard-linked where the disk allows, so a copy
-    costs no space), or the embedded model's file as a stored GGUF variant. The destination must be new."""
-    from aipc.store.publish import staged
+    """Copy a model under a new name, as `aipc cp` does (`store.create.copy`: files hard-linked where the disk
+    allows; the embedded model becomes a stored GGUF variant). The destination must be new."""
+    from aipc.store import create
 
-    name, variant = store.parse_ref(destination)
-    if variant is not None:
-        raise UsageError(f"the destination is a model name without @variant, got {destination!r}")
-    if store.find(name) or name in catalog.CATALOG:
-        raise UsageError(f"a model named {name!r} exists already: delete it first, or choose another name")
-    variants = store.find(source)
-    entry = catalog.CATALOG.get(source)
-    if not variants and not (entry is not None and entry.embedded is not None):
-        store.get(source)  # raises, listing what the store has
-    made = []
-    if variants:
-        for v in variants:
-            with staged(store.variant_dir(name, v.variant)) as tmp:
-                if tmp is not None:
-                    _link_tree(v.path, tmp)
-                    store.write_manifest(tmp, {**v.manifest, "name": name, "copied_from": v.ref})
-            made.append(f"{name}@{v.variant}")
-        return made
-    from aipc.store.gguf_header import precision, read_metadata
-
-    path = embedded_file(*entry.embedded)
-    kind = precision(read_metadata(path)) or "unknown"
-    target = store.variant_dir(name, store.variant_name("gguf", kind))
-    with staged(target) as tmp:
-        if tmp is not None:
-            _link(path, tmp / path.name)
-            manifest = {
-                "name": name,
-                "variant": target.name,
-                "format": "gguf",
-                "backend": "",
-                "precision": kind,
-                "device_target": "cpu",
-                "copied_from": source,
-                "source": {"kind": "embedded", "name": source, "path": str(path)},
-            }
-            store.write_manifest(tmp, manifest)
-    return [f"{name}@{target.name}"]
-
-
-def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not allowed: a real copy
-        shutil.copy2(src, dst)
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    for p in sorted(src.rglob("*")):
-        rel = p.relative_to(src)
-        if p.name == store.MANIFEST or p.name.startswith("."):
-            continue
-        if p.is_dir():
-            (dst / rel).mkdir(parents=True, exist_ok=True)
-        elif p.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            _link(p, dst / rel)
+    return [v.ref for v in create.copy(source, destination)]
 
 
 def pull(name: str, device: str = "auto") -> Iterator[dict[str, Any]]:
@@ -320,7 +279,7 @@ def pull(name: str, device: str = "auto") -> Iterator[dict[str, Any]]:
     success. The hub being unreachable is a `HubUnreachableError` before anything is written."""
     from aipc.store import hub
 
-    entry = catalog.CATALOG.get(name)
+    entry = catalog.lookup(name)
     if entry is None:
         raise ModelNotFoundError(
             f"unknown model {name!r}: pull takes a catalog name ({', '.join(catalog.names())}); "

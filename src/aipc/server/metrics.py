@@ -62,6 +62,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.drafted = Counter(
+            "aipc_speculative_drafted_tokens",
+            "Draft tokens the model checked (speculative decoding)",
+            ["model"],
+            registry=r,
+        )
+        self.accepted = Counter(
+            "aipc_speculative_accepted_tokens",
+            "Draft tokens the model accepted (speculative decoding)",
+            ["model"],
+            registry=r,
+        )
         self.loads = Counter(
             "aipc_model_loads", "Model loads, by outcome (loaded, failed)", ["model", "outcome"], registry=r
         )
@@ -96,6 +108,8 @@ class Metrics:
         if done.usage.completion_tokens > 1:
             self.next_token.labels(model).observe(done.timings.next_token_s)
         self.queue_wait.labels(model).observe(queue_s)
+        self.drafted.labels(model).inc(getattr(done, "drafted", 0))
+        self.accepted.labels(model).inc(getattr(done, "accepted", 0))
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

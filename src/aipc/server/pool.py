@@ -235,6 +235,7 @@ class ModelPool:
             parallel=s.parallel,
             context_length=s.context_length,
             kv_cache=s.kv_cache,
+            speculate=s.speculate,
             sampling={"repetition_penalty": s.repetition_penalty},
         )
 

@@ -48,6 +48,7 @@ class ServerSettings:
     read_only: bool = False  # refuse the routes that change the store (pull, delete, copy)
     allow_paths: bool = False  # let requests name model files and folders, not only names
     log_format: str = "text"
+    speculate: str = "auto"
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with one line (exit code 2), before the slow model load."""
@@ -62,6 +63,7 @@ class ServerSettings:
             parallel=max(self.parallel, 1),
             context_length=self.context_length,
             kv_cache=self.kv_cache,
+            speculate=self.speculate,
         )
         if self.repetition_penalty is not None:
             GenerationConfig(repetition_penalty=self.repetition_penalty)

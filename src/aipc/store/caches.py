@@ -1,12 +1,15 @@
 """Derived caches: what aipc builds from a model to load it faster, counted and attributed to that model.
 
-Three kinds live under `$AIPC_HOME/cache/`:
+These live under `$AIPC_HOME/cache/`:
 
 - `gguf-openvino/<file>-<key>-compressed/`: a GGUF file converted once to OpenVINO IR (OpenVINO loads IR faster
   than GGUF); `...-npu/` is the NPU copy, its weights folded to fp16. Each folder's `aipc-manifest.json`
   records the GGUF it was made from (`source`).
 - `openvino/<key>/`: OpenVINO's compiled blobs for one IR (the pipeline's CACHE_DIR, one folder per IR), so the
   next load skips compiling. `aipc-cache.json` records the IR folder it was compiled from.
+- `gguf-f32/<file>-<key>/` and `gguf-hf/<file>-<key>/`: a GGUF file's weights dequantized to f32 (an F32 GGUF
+  for llama.cpp, or a checkpoint for PyTorch), `aipc eval`'s default reference; `aipc-cache.json` records the
+  GGUF it was made from (`source`).
 - `openvino/*.blob` at the top: blobs from before per-IR folders. OpenVINO names them by a hash of the model
   and device, which cannot be traced back to a model: they count as shared, and nothing reads them any more.
 
@@ -29,13 +32,15 @@ from aipc.store import paths
 
 GGUF_IR = "gguf-openvino"
 COMPILED = "openvino"
+REFERENCES = ("gguf-f32", "gguf-hf")  # eval/reference.py's dequantized copies
 _SOURCE_FILE = "aipc-manifest.json"  # in gguf-openvino folders
-_IR_FILE = "aipc-cache.json"  # in compiled-blob folders
+_IR_FILE = "aipc-cache.json"  # in compiled-blob folders ("ir") and reference folders ("source")
 KINDS = {
     "ir": "GGUF converted to OpenVINO IR",
     "ir-npu": "NPU copy of the IR (fp16 weights)",
     "compiled": "compiled blobs",
     "shared": "compiled blobs of unknown models",
+    "eval-ref": "f32 reference for aipc eval",
 }
 
 
@@ -83,6 +88,11 @@ def scan() -> list[DerivedCache]:
         kind = "ir-npu" if folder.name.endswith("-npu") else "ir"
         found.append(DerivedCache(kind, folder, _size(folder), source, owner, exists))
         ir_owner[_key(str(folder))] = (owner, exists)
+    for folder in (f for kind in REFERENCES for f in _subfolders(root / kind)):
+        source = _read_json(folder / _IR_FILE).get("source", "")
+        exists = bool(source) and Path(source).exists()
+        owner = owners.get(_key(source), "") if exists else ""
+        found.append(DerivedCache("eval-ref", folder, _size(folder), source, owner, exists))
     compiled = root / COMPILED
     for folder in _subfolders(compiled):
         ir = _read_json(folder / _IR_FILE).get("ir", "")

@@ -7,6 +7,7 @@ a converter package; tensors are never read.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,18 +20,50 @@ _STRING, _ARRAY = 8, 9
 def read_metadata(path: Path, *, arrays: bool = False) -> dict[str, Any]:
     """The header's key/values. Arrays (vocabularies, merges) are skipped unless `arrays` is true."""
     with open(path, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise UsageError(f"{path} is not a GGUF file")
-        version = _unpack(fh, "I")
-        if version < 2:
-            raise UsageError(f"{path} is GGUF version {version}; aipc reads version 2 and later")
-        _unpack(fh, "Q")  # tensor count
-        n_kv = _unpack(fh, "Q")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = _string(fh)
-            meta[key] = _value(fh, _unpack(fh, "I"), keep=arrays)
-        return {k: v for k, v in meta.items() if v is not _SKIPPED}
+        _, meta = _read_kv(fh, path, arrays=arrays)
+        return meta
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's entry in the header: `shape` in GGUF order (the fastest-varying dimension first), its GGML
+    type id, and where its data starts in the file."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int
+
+
+def tensor_infos(path: Path) -> list[TensorInfo]:
+    """The file's tensors as its header lists them (names, shapes, types, absolute data offsets); no data read."""
+    with open(path, "rb") as fh:
+        n_tensors, meta = _read_kv(fh, path, arrays=False)
+        entries = []
+        for _ in range(n_tensors):
+            name = _string(fh)
+            dims = tuple(_unpack(fh, "Q") for _ in range(_unpack(fh, "I")))
+            entries.append((name, dims, _unpack(fh, "I"), _unpack(fh, "Q")))
+        alignment = meta.get("general.alignment", 32)
+        alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+        start = -(-fh.tell() // alignment) * alignment
+    return [TensorInfo(name, dims, kind, start + offset) for name, dims, kind, offset in entries]
+
+
+def _read_kv(fh: BinaryIO, path: Path, *, arrays: bool) -> tuple[int, dict[str, Any]]:
+    """(tensor count, key/values), leaving `fh` at the first tensor entry."""
+    if fh.read(4) != b"GGUF":
+        raise UsageError(f"{path} is not a GGUF file")
+    version = _unpack(fh, "I")
+    if version < 2:
+        raise UsageError(f"{path} is GGUF version {version}; aipc reads version 2 and later")
+    n_tensors = _unpack(fh, "Q")
+    n_kv = _unpack(fh, "Q")
+    meta: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = _string(fh)
+        meta[key] = _value(fh, _unpack(fh, "I"), keep=arrays)
+    return n_tensors, {k: v for k, v in meta.items() if v is not _SKIPPED}
 
 
 _SKIPPED = object()

@@ -46,6 +46,8 @@ _PARAM = {
     "seed": "options.seed",
     "stop": "options.stop",
     "repetition_penalty": "options.repeat_penalty",
+    "presence_penalty": "options.presence_penalty",
+    "frequency_penalty": "options.frequency_penalty",
     "json_schema": "format",
 }
 _FORMATS = {"openvino-ir": "openvino", "onnx-genai": "onnx", "gguf": "gguf", "hf": "safetensors"}
@@ -224,6 +226,8 @@ def _options(body: Any) -> tuple[dict[str, Any], int | None, int | None]:
         "top_k": o.top_k,
         "seed": o.seed if o.seed is not None and o.seed >= 0 else None,  # negative: random, as Ollama
         "repetition_penalty": o.repeat_penalty,
+        "presence_penalty": o.presence_penalty or None,
+        "frequency_penalty": o.frequency_penalty or None,
         "stop": tuple(stop) if stop else None,
     }
     if isinstance(body.format, dict):

@@ -33,13 +33,13 @@ class Options(BaseModel):
     stop: list[str] | str | None = None
     repeat_penalty: float | None = Field(default=None, gt=0)
     num_ctx: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     # Sampling aipc cannot do: refused unless set to the value that turns them off.
     mirostat: int | None = None
     tfs_z: float | None = None
     typical_p: float | None = None
     min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
 
 
 # Options that tune Ollama's runner (threads, GPU layers, memory mapping...): accepted, without effect here.
@@ -69,8 +69,6 @@ NEUTRAL = {
     "tfs_z": 1.0,
     "typical_p": 1.0,
     "min_p": 0.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
 }
 
 

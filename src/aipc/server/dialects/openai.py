@@ -16,8 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from aipc import __version__
 from aipc.engine.events import Done, TextDelta
+from aipc.errors import AipcError
 from aipc.server import core, errors
 from aipc.server.dialects import openai_protocol as protocol
+from aipc.server.dialects.openai_logprobs import CompletionLogprobs, TokenNames, chat_content, merge
 from aipc.server.errors import APIError, json_bytes, sse_error
 
 # Request fields that GenerationConfig's option names come from, to name them in errors.
@@ -62,23 +64,91 @@ async def _complete(state: core.ServerState, request: Request, *, chat: bool) ->
     data = await core.read_json(request)
     body = protocol.parse(protocol.ChatRequest if chat else protocol.CompletionRequest, data)
     body.check_supported()
-    prepare = _chat_prepare(state, body) if chat else _text_prepare(body)
+    jobs = _chat_jobs(state, body) if chat else _text_jobs(body)
     entry = await state.acquire(request, body.model)
     if entry is None:
         return core.gone()
-    generation = await core.generate(state, request, entry, prepare, schema_param="response_format")
-    if generation is None:
-        return core.gone()
-    shape = _Shape(entry.name, chat=chat, include_usage=body.include_usage)
+    logprobs = bool(body.logprobs) if chat else body.logprobs is not None
+    shape = _Shape(entry, chat=chat, include_usage=body.include_usage, logprobs=logprobs)
+    runs = _Runs(state, request, entry, jobs)
     if body.stream:
-        return core.StreamResponse(shape.stream(generation), generation.pump, "text/event-stream")
-    events = await generation.collect(request)
-    if events is None:
-        return core.gone()
-    return JSONResponse(shape.whole(events, generation.prepared))
+        first = await runs.start(0)
+        if first is None:
+            return core.gone()
+        return core.StreamResponse(shape.stream(runs, first), runs, "text/event-stream")
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for i in range(len(jobs)):
+        run = await runs.start(i)
+        if run is None:
+            return core.gone()
+        if isinstance(run, core.Prepared):  # scored, nothing generated (max_tokens 0)
+            choices.append(shape.scored(i, run))
+            prompt_tokens += run.prompt_tokens
+            continue
+        events = await run.collect(request)
+        if events is None:
+            return core.gone()
+        choice, done = shape.choice(i, events, run.prepared)
+        choices.append(choice)
+        prompt_tokens += run.prepared.prompt_tokens
+        completion_tokens += done.usage.completion_tokens
+    return JSONResponse(shape.whole(choices, prompt_tokens, completion_tokens))
 
 
-def _chat_prepare(state: core.ServerState, body: protocol.ChatRequest) -> Any:
+class _Runs:
+    """The generations of one request (prompts x n), run one after the other on the same model; as the single
+    pump `StreamResponse` stops, it stops the running one and starts no more."""
+
+    def __init__(self, state: core.ServerState, request: Request, entry: core.Entry, jobs: list[Any]) -> None:
+        self.state = state
+        self.request = request
+        self.entry = entry
+        self.jobs = jobs
+        self.current: core.Generation | None = None
+        self.stopped = False
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    async def start(self, i: int) -> core.Generation | core.Prepared | None:
+        """Job `i` started (its first event read), or its `Prepared` when it only scores; None when the client
+        left. The first job uses the entry the request acquired; each later one acquires it again."""
+        if self.stopped:
+            return None
+        entry = self.entry if i == 0 else await self.state.pool.acquire(self.entry.name)
+        prepare, score_only = self.jobs[i]
+        if score_only:
+            try:
+                return await run_in_threadpool(prepare, entry)
+            finally:
+                self.state.pool.release(entry)
+        self.current = await core.generate(self.state, self.request, entry, prepare, schema_param="response_format")
+        return self.current
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.current is not None:
+            self.current.pump.stop()
+
+
+def _seeded(options: dict[str, Any], i: int) -> dict[str, Any]:
+    """Choice `i`'s options: with a seed, each choice gets its own (seed + i), so n choices differ."""
+    if i and options.get("seed") is not None:
+        return options | {"seed": options["seed"] + i}
+    return options
+
+
+def _base_seed(options: dict[str, Any], n: int) -> dict[str, Any]:
+    """n > 1 without a seed: a random one, so the choices differ even on runtimes whose unseeded sampling
+    repeats itself (OpenVINO's default seed is fixed)."""
+    if n > 1 and options.get("seed") is None:
+        import random
+
+        return options | {"seed": random.randrange(2**31 - 1024)}
+    return options
+
+
+def _chat_jobs(state: core.ServerState, body: protocol.ChatRequest) -> list[Any]:
     if len(body.messages) > state.settings.max_messages:
         raise APIError(
             400,
@@ -90,110 +160,183 @@ def _chat_prepare(state: core.ServerState, body: protocol.ChatRequest) -> Any:
     if body.response_format is not None and (schema := body.response_format.schema_text()) is not None:
         extra["json_schema"] = schema
     asked = body.wanted_max_tokens()
-    options = body.options(asked) | extra
+    options = _base_seed(body.options(asked) | extra, body.n)
 
-    def prepare(entry: core.Entry) -> core.Prepared:
-        return core.chat_prompt(entry, messages, options, asked=asked, param_of=_param)
+    def job(i: int) -> Any:
+        def prepare(entry: core.Entry) -> core.Prepared:
+            return core.chat_prompt(entry, messages, _seeded(options, i), asked=asked, param_of=_param)
 
-    return prepare
+        return prepare, False
+
+    return [job(i) for i in range(body.n)]
 
 
-def _text_prepare(body: protocol.CompletionRequest) -> Any:
-    text = body.prompt_text()
-    options = body.options(body.max_tokens)
+def _text_jobs(body: protocol.CompletionRequest) -> list[Any]:
+    options = _base_seed(body.options(body.max_tokens), body.n)
+    score_only = body.max_tokens == 0
+    top = body.logprobs
 
-    def prepare(entry: core.Entry) -> core.Prepared:
-        return core.text_prompt(entry, text, options, asked=body.max_tokens, param_of=_param, echo=body.echo)
+    def job(prompt: str | list[int], i: int) -> Any:
+        def prepare(entry: core.Entry) -> core.Prepared:
+            asked = body.max_tokens or None
+            prepared = core.text_prompt(
+                entry, prompt, _seeded(options, i), asked=asked, param_of=_param, echo=body.echo
+            )
+            if body.echo and top is not None:
+                try:
+                    prepared.prompt_logprobs = entry.model.prompt_logprobs(prepared.prompt, top)
+                except AipcError as exc:
+                    raise errors.to_api_error(exc, param="logprobs") from None
+            return prepared
 
-    return prepare
+        return prepare, score_only
+
+    return [job(p, i) for p in body.prompts() for i in range(body.n)]
 
 
 class _Shape:
     """OpenAI's response objects for one request: whole (JSON) or streamed (SSE chunks)."""
 
-    def __init__(self, model: str, *, chat: bool, include_usage: bool) -> None:
+    def __init__(self, entry: core.Entry, *, chat: bool, include_usage: bool, logprobs: bool) -> None:
         self.chat = chat
         self.include_usage = include_usage
+        self.logprobs = logprobs
+        self.names = TokenNames(entry.model)
         self.id = protocol.new_id("chatcmpl" if chat else "cmpl")
         self.head = {
             "id": self.id,
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": protocol.now(),
-            "model": model,
+            "model": entry.name,
             "system_fingerprint": f"aipc_{__version__}",
         }
-        # Each token's chunk is this prefix, the JSON-encoded text, this suffix: no dict per token.
-        usage = ',"usage":null' if include_usage else ""
-        if chat:
-            choice = '"choices":[{"index":0,"delta":{"content":'
-            tail = '},"logprobs":null,"finish_reason":null}]'
-        else:
-            choice = '"choices":[{"index":0,"text":'
-            tail = ',"logprobs":null,"finish_reason":null}]'
-        self._prefix = b"data: " + json_bytes(self.head)[:-1] + b"," + choice.encode()
-        self._suffix = (tail + usage + "}\n\n").encode()
+        self._usage = ',"usage":null' if include_usage else ""
+        self._prefixes: dict[int, bytes] = {}
 
     def _event(self, body: dict[str, Any]) -> bytes:
         return b"data: " + json_bytes(self.head | body) + b"\n\n"
 
-    def _text(self, text: str) -> bytes:
-        return self._prefix + json.dumps(text, ensure_ascii=False).encode() + self._suffix
+    def _text(self, index: int, text: str) -> bytes:
+        """A text chunk without log-probs: a prefix, the JSON-encoded text, a suffix (no dict per token)."""
+        prefix = self._prefixes.get(index)
+        if prefix is None:
+            if self.chat:
+                choice = f'"choices":[{{"index":{index},"delta":{{"content":'
+            else:
+                choice = f'"choices":[{{"index":{index},"text":'
+            prefix = self._prefixes[index] = b"data: " + json_bytes(self.head)[:-1] + b"," + choice.encode()
+        tail = '},"logprobs":null,"finish_reason":null}]' if self.chat else ',"logprobs":null,"finish_reason":null}]'
+        return prefix + json.dumps(text, ensure_ascii=False).encode() + (tail + self._usage + "}\n\n").encode()
 
-    def whole(self, events: list[Any], prepared: core.Prepared) -> dict[str, Any]:
-        text = prepared.echo + "".join(e.text for e in events if isinstance(e, TextDelta))
+    def _delta(self, index: int, text: str, logprobs: Any) -> bytes:
+        if self.chat:
+            choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
+        else:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
+        return self._event({"choices": [choice]} | ({"usage": None} if self.include_usage else {}))
+
+    # --- whole responses ---------------------------------------------------------------------------------
+    def choice(self, index: int, events: list[Any], prepared: core.Prepared) -> tuple[dict[str, Any], Done]:
+        deltas = [e for e in events if isinstance(e, TextDelta)]
         done = next(e for e in events if isinstance(e, Done))
         reason = _finish_reason(done)
+        text = prepared.echo + "".join(d.text for d in deltas)
+        logprobs = None
+        if self.chat:
+            if self.logprobs:
+                tokens = [t for d in deltas for t in d.tokens]
+                logprobs = {"content": chat_content(tokens, self.names), "refusal": None}
+            message = {"role": "assistant", "content": text, "refusal": None}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}, done
+        if self.logprobs:
+            lp = CompletionLogprobs(self.names)
+            parts = []
+            if prepared.echo and prepared.prompt_logprobs is not None:
+                parts.append(lp.prompt(prepared.prompt_logprobs, prepared.ids))
+                lp.offset = len(prepared.echo)
+            parts += [lp.generated(d.tokens, d.text) for d in deltas]
+            logprobs = merge(parts)
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}, done
+
+    def scored(self, index: int, prepared: core.Prepared) -> dict[str, Any]:
+        """A text completion that generated nothing (max_tokens 0 with echo): the prompt and its log-probs."""
+        logprobs = None
+        if self.logprobs and prepared.prompt_logprobs is not None:
+            logprobs = CompletionLogprobs(self.names).prompt(prepared.prompt_logprobs, prepared.ids)
+        return {"index": index, "text": prepared.echo, "logprobs": logprobs, "finish_reason": "length"}
+
+    def whole(self, choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         head = self.head | {"object": "chat.completion" if self.chat else "text_completion"}
-        if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
-        return head | {
-            "choices": [choice],
-            "usage": protocol.usage(prepared.prompt_tokens, done.usage.completion_tokens),
-        }
+        return head | {"choices": choices, "usage": protocol.usage(prompt_tokens, completion_tokens)}
 
-    async def stream(self, generation: core.Generation) -> AsyncIterator[bytes]:
-        prepared = generation.prepared
+    # --- streamed responses ------------------------------------------------------------------------------
+    async def stream(self, runs: _Runs, first: Any) -> AsyncIterator[bytes]:
+        prompt_tokens = completion_tokens = 0
         usage = {"usage": None} if self.include_usage else {}
-        if self.chat:
-            role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-            yield self._event({"choices": [role]} | usage)
-        if prepared.echo:
-            yield self._text(prepared.echo)
-        try:
-            async for batch in generation.batches():
-                out = []
-                for event in batch:
-                    if isinstance(event, TextDelta):
-                        out.append(self._text(event.text))
-                    elif isinstance(event, Done):
-                        out.append(self._end(event, prepared))
-                if out:
-                    yield b"".join(out)
-        except Exception as exc:  # after the 200: the error travels as an event, as OpenAI sends it
-            yield sse_error(exc)
-            return
-        if generation.done is not None:
-            yield b"data: [DONE]\n\n"
+        run = first
+        for index in range(len(runs)):
+            if index:
+                try:
+                    run = await runs.start(index)
+                except Exception as exc:  # after the 200: the error travels as an event, as OpenAI sends it
+                    yield sse_error(exc)
+                    return
+                if run is None:
+                    return
+            if isinstance(run, core.Prepared):
+                choice = self.scored(index, run)
+                yield self._event({"choices": [choice]} | usage)
+                prompt_tokens += run.prompt_tokens
+                continue
+            prepared = run.prepared
+            if self.chat:
+                role = {"role": "assistant", "content": ""}
+                yield self._event(
+                    {"choices": [{"index": index, "delta": role, "logprobs": None, "finish_reason": None}]} | usage
+                )
+            lp = CompletionLogprobs(self.names) if self.logprobs and not self.chat else None
+            if prepared.echo:
+                echo_lp = None
+                if lp is not None and prepared.prompt_logprobs is not None:
+                    echo_lp = lp.prompt(prepared.prompt_logprobs, prepared.ids)
+                    lp.offset = len(prepared.echo)
+                yield self._delta(index, prepared.echo, echo_lp) if echo_lp else self._text(index, prepared.echo)
+            try:
+                async for batch in run.batches():
+                    out = []
+                    for event in batch:
+                        if isinstance(event, TextDelta):
+                            out.append(self._chunk(index, event, lp))
+                        elif isinstance(event, Done):
+                            out.append(self._end(index, event))
+                            completion_tokens += event.usage.completion_tokens
+                    if out:
+                        yield b"".join(out)
+            except Exception as exc:  # after the 200: the error travels as an event, as OpenAI sends it
+                yield sse_error(exc)
+                return
+            if run.done is None:
+                return
+            prompt_tokens += prepared.prompt_tokens
+        if self.include_usage:
+            yield self._event({"choices": [], "usage": protocol.usage(prompt_tokens, completion_tokens)})
+        yield b"data: [DONE]\n\n"
 
-    def _end(self, done: Done, prepared: core.Prepared) -> bytes:
+    def _chunk(self, index: int, event: TextDelta, lp: CompletionLogprobs | None) -> bytes:
+        if not self.logprobs:
+            return self._text(index, event.text)
+        if lp is not None:
+            return self._delta(index, event.text, lp.generated(event.tokens, event.text))
+        content = {"content": chat_content(event.tokens, self.names), "refusal": None}
+        return self._delta(index, event.text, content)
+
+    def _end(self, index: int, done: Done) -> bytes:
         reason = _finish_reason(done)
         if self.chat:
-            choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
         else:
-            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
-        out = self._event({"choices": [choice]} | ({"usage": None} if self.include_usage else {}))
-        if self.include_usage:
-            out += self._event(
-                {"choices": [], "usage": protocol.usage(prepared.prompt_tokens, done.usage.completion_tokens)}
-            )
-        return out
+            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
+        return self._event({"choices": [choice]} | ({"usage": None} if self.include_usage else {}))
 
 
 def _finish_reason(done: Done) -> str:

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from aipc.server.errors import APIError
 
 MAX_STOP = 4  # as OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # as OpenAI's completions API
+MAX_CHOICES = 128  # prompts x n in one request
 MAX_STOP_CHARS = 256
 NOT_SUPPORTED = "is not supported by this server"
 
@@ -105,15 +107,11 @@ class _Sampling(_Body):
 
     def check_supported(self) -> None:
         """Refuse, by name, what this server cannot honour (rather than answer as if it had)."""
-        if self.n != 1:
-            raise APIError(400, f"n={self.n} is not supported: this server returns exactly one choice (n=1)", param="n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise APIError(400, f"{name} {NOT_SUPPORTED}; repetition_penalty is", param=name)
-        if self.logit_bias:
-            raise APIError(400, f"logit_bias {NOT_SUPPORTED}", param="logit_bias")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
+        for key in self.logit_bias or {}:
+            if not key.isdigit():
+                raise APIError(400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
 
     def options(self, max_tokens: int | None) -> dict[str, Any]:
         """The generation options for the engine (`GenerationConfig` names); None keeps the model's default."""
@@ -125,6 +123,9 @@ class _Sampling(_Body):
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
             "stop": tuple(self.stop) if self.stop else None,
+            "presence_penalty": self.presence_penalty or None,
+            "frequency_penalty": self.frequency_penalty or None,
+            "logit_bias": {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
         }
         return {k: v for k, v in values.items() if v is not None}
 
@@ -138,7 +139,7 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
@@ -150,8 +151,8 @@ class ChatRequest(_Sampling):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs or self.top_logprobs is not None:
-            raise APIError(400, "logprobs is not supported by this backend", param="logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         for name in ("tools", "functions"):
             if getattr(self, name):
                 raise APIError(400, f"{name} (tool calling) {NOT_SUPPORTED}", param=name)
@@ -160,6 +161,10 @@ class ChatRequest(_Sampling):
                 raise APIError(400, f"{name} {NOT_SUPPORTED}", param=name)
         if self.store:
             raise APIError(400, f"store=true {NOT_SUPPORTED}: nothing is kept", param="store")
+
+    def options(self, max_tokens: int | None) -> dict[str, Any]:
+        extra = {"logprobs": self.top_logprobs or 0} if self.logprobs else {}
+        return super().options(max_tokens) | extra
 
     def wanted_max_tokens(self) -> int | None:
         both = self.max_tokens is not None and self.max_completion_tokens is not None
@@ -176,29 +181,45 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for the legacy completions API
+    # Text, token ids, or a batch of either: each prompt gets its own choice (`n` each).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # OpenAI's default for the legacy completions API; 0 with echo scores the prompt without generating.
+    max_tokens: int | None = Field(default=16, ge=0)
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs is not None:
-            raise APIError(400, "logprobs is not supported by this backend", param="logprobs")
+        if self.max_tokens == 0 and not self.echo:
+            raise APIError(400, "max_tokens 0 is only valid with echo: true (to score the prompt)", param="max_tokens")
         if self.suffix:
             raise APIError(400, f"suffix (fill-in-the-middle) {NOT_SUPPORTED}", param="suffix")
         if self.best_of not in (None, 1):
             raise APIError(400, f"best_of={self.best_of} is not supported: only 1", param="best_of")
 
-    def prompt_text(self) -> str:
-        if not isinstance(self.prompt, str) and len(self.prompt) != 1:
-            raise APIError(400, "prompt must be a string (or a list of exactly one string)", param="prompt")
-        text = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        if not text:
+    def options(self, max_tokens: int | None) -> dict[str, Any]:
+        extra = {"logprobs": self.logprobs} if self.logprobs is not None else {}
+        return super().options(max_tokens or None) | extra
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each text or token ids; a list of integers is one prompt of token ids."""
+        p = self.prompt
+        if isinstance(p, str) or (p and all(isinstance(x, int) for x in p)):
+            items: list = [p]
+        else:
+            items = list(p)
+        if not items:
             raise APIError(400, "prompt must not be empty", param="prompt")
-        return text
+        if len(items) * self.n > MAX_CHOICES:
+            raise APIError(400, f"at most {MAX_CHOICES} choices (prompts x n) per request", param="prompt")
+        for i, item in enumerate(items):
+            if not item:
+                raise APIError(400, "prompt must not be empty", param="prompt")
+            if not isinstance(item, str) and any(t < 0 or t >= 2**31 for t in item):
+                raise APIError(400, f"prompt[{i}] holds a token id out of range", param="prompt")
+        return items
 
 
 def parse(cls: type[_Body], data: Any) -> Any:

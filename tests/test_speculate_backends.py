@@ -1,0 +1,251 @@
+"""Speculative decoding on the real runtimes, with the embedded model.
+
+- Same output: at 32-bit precision, greedy decoding with speculation (lookup, auto, a draft model) gives the
+  very tokens of plain decoding, on OpenVINO GenAI (f32 hints), llama.cpp (f16 GGUF, f32 math) and ONNX Runtime
+  GenAI (fp32).
+- The runtime's rule: seeded sampling through aipc gives the tokens the runtime's own speculative API gives.
+- Refusals: a draft model with another tokenizer (the tiny Phi-3 fixture), prompt lookup where a runtime or
+  device has none.
+Speed is measured by benchmarks/speculate.py, not here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import aipc
+from aipc.backends import speculate
+from aipc.convert.api import convert
+from aipc.errors import UsageError
+from tests.conftest import run_cli
+
+PARAGRAPH = (
+    "The old lighthouse stood on the edge of the cliff for more than a century. Sailors trusted its light on "
+    "stormy nights, and children from the village climbed its spiral stairs every summer. When the keeper "
+    "retired, the town decided to repair the lamp, paint the walls white again, and open a small museum about "
+    "the ships that had passed the rocks below."
+)
+COPY = f"Repeat this paragraph exactly:\n{PARAGRAPH}"
+STORY = "Write a short story about a robot who learns to paint."
+GREEDY = {"temperature": 0, "max_tokens": 48}
+# repetition_penalty 1.0: the runtimes' own pipelines below are called without one (aipc's default is the model's).
+SAMPLING = {
+    "temperature": 0.9,
+    "top_p": 0.95,
+    "top_k": 40,
+    "seed": 7,
+    "max_tokens": 40,
+    "ignore_eos": True,
+    "repetition_penalty": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def exact():
+    """Each backend's 32-bit form of the embedded model, and the load options that keep its math at 32 bits."""
+    return {
+        "openvino": ("smollm2:135m", {"precision_hint": "f32"}),
+        "llamacpp": (convert("smollm2:135m", "gguf", "f16", name="smollm2-embedded").ref, {}),
+        "onnxruntime": (convert("smollm2:135m", "onnx", "fp32", name="smollm2-embedded").ref, {}),
+    }
+
+
+def _run(ref: str, backend: str, speculate_as: str, load: dict, prompt: str, **options):
+    with aipc.load(ref, backend=backend, device="cpu", speculate=speculate_as, **load) as model:
+        *_, done = model.stream(prompt, **options)
+        again = None
+        if speculate_as == "auto":  # the second request is planned from the first one's measurement
+            *_, again = model.stream(prompt, **options)
+    return done, again
+
+
+@pytest.mark.parametrize("backend", ["openvino", "llamacpp", "onnxruntime"])
+def test_greedy_output_is_token_identical_with_and_without_speculation(exact, backend):
+    ref, load = exact[backend]
+    for prompt in (COPY, STORY):
+        plain, _ = _run(ref, backend, "off", load, prompt, **GREEDY)
+        assert (plain.drafted, plain.accepted) == (0, 0)
+        looked, _ = _run(ref, backend, "lookup", load, prompt, **GREEDY)
+        auto, auto_again = _run(ref, backend, "auto", load, prompt, **GREEDY)
+        for done in (looked, auto, auto_again):
+            assert done.token_ids == plain.token_ids, (prompt[:20], done.drafted)
+            assert 0 <= done.accepted <= done.drafted
+        if prompt is COPY:
+            # the answer copies the prompt: lookup drafts, and most drafts are the model's own next tokens
+            assert looked.drafted > 0 and looked.accepted > 0.5 * looked.drafted, looked
+            assert auto.drafted > 0 and auto.accepted > 0, auto  # a long new prompt starts speculating
+
+
+def test_llamacpp_seeded_sampling_draws_the_same_tokens_with_and_without_speculation(exact):
+    """On llama.cpp aipc's sampler checks the drafts (as the first stage of `Llama.generate`'s chain), one draw
+    per position in order: the same seed gives the same tokens with prompt lookup as without it."""
+    ref, _ = exact["llamacpp"]
+    with aipc.load(ref, backend="llamacpp", device="cpu", speculate="lookup") as model:
+        ids = model.encode([{"role": "user", "content": COPY}])
+        *_, looked = model.stream(ids, raw=True, **SAMPLING)
+    with aipc.load(ref, backend="llamacpp", device="cpu", speculate="off") as model:
+        *_, plain = model.stream(ids, raw=True, **SAMPLING)
+    assert looked.drafted > 0
+    assert list(looked.token_ids) == list(plain.token_ids)
+
+
+def test_openvino_seeded_sampling_is_openvino_genais_own_prompt_lookup():
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    from aipc.backends.base import DeviceInfo
+    from aipc.backends.openvino import pipeline_properties
+    from aipc.engine.config import LoadConfig
+
+    with aipc.load("smollm2:135m", backend="openvino", device="cpu", speculate="lookup") as model:
+        ids = model.encode([{"role": "user", "content": COPY}])
+        *_, done = model.stream(ids, raw=True, **SAMPLING)
+        path = model.info.path
+    assert done.drafted > 0
+    props = pipeline_properties(LoadConfig(), DeviceInfo("cpu", "CPU", "CPU"))
+    pipe = ov_genai.LLMPipeline(path, "CPU", prompt_lookup=True, **props)
+    gc = ov_genai.GenerationConfig()
+    gc.max_new_tokens, gc.ignore_eos, gc.stop_token_ids = SAMPLING["max_tokens"], True, set()
+    gc.do_sample, gc.temperature, gc.top_p, gc.top_k, gc.rng_seed = True, 0.9, 0.95, 40, SAMPLING["seed"]
+    gc.num_assistant_tokens, gc.max_ngram_size = speculate.DEFAULT_WIDTH, speculate.MAX_NGRAM
+    array = np.asarray([ids], dtype=np.int64)
+    result = pipe.generate(ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array))), gc)
+    assert list(done.token_ids) == [int(t) for t in result.tokens[0]]
+
+
+def test_onnxruntime_seeded_sampling_is_onnxruntime_genais_own_ngram_speculation(exact):
+    import onnxruntime_genai as og
+
+    from aipc.backends.onnxruntime_speculate import lookup_options
+
+    ref, _ = exact["onnxruntime"]
+    with aipc.load(ref, backend="onnxruntime", device="cpu", speculate="lookup") as model:
+        ids = model.encode([{"role": "user", "content": COPY}])
+        *_, done = model.stream(ids, raw=True, **SAMPLING)
+        path, context = model.info.path, model.info.context_length
+    assert done.drafted > 0
+    raw = og.Model(path)
+    params = og.GeneratorParams(raw)
+    params.set_search_options(
+        max_length=context,
+        min_length=context,
+        do_sample=True,
+        repetition_penalty=1.0,
+        temperature=0.9,
+        top_p=0.95,
+        top_k=40,
+        random_seed=SAMPLING["seed"],
+    )
+    params.set_speculative_options(**lookup_options(speculate.DEFAULT_WIDTH))
+    generator = og.Generator(raw, params)
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    theirs = []
+    while len(theirs) < SAMPLING["max_tokens"]:
+        generator.generate_next_token()
+        theirs.append(int(generator.get_next_tokens()[0]))
+    assert list(done.token_ids) == theirs
+
+
+@pytest.mark.parametrize(
+    ("backend", "draft"),
+    [
+        ("llamacpp", "smollm2:135m"),  # the embedded Q4_1 GGUF drafts for its f16 form
+        ("openvino", "smollm2:135m"),  # the model drafts for itself
+        ("onnxruntime", "smollm2-embedded@onnx-int4"),  # int4 drafts for fp32
+    ],
+)
+def test_a_draft_model_with_the_same_tokenizer_keeps_greedy_output_unchanged(exact, backend, draft):
+    ref, load = exact[backend]
+    if backend == "onnxruntime":
+        convert("smollm2:135m", "onnx", "int4", name="smollm2-embedded")
+    plain, _ = _run(ref, backend, "off", load, COPY, **GREEDY)
+    drafted, _ = _run(ref, backend, f"draft:{draft}", load, COPY, **GREEDY)
+    assert drafted.token_ids == plain.token_ids
+    assert drafted.drafted > 0 and 0 < drafted.accepted <= drafted.drafted, drafted
+
+
+@pytest.mark.parametrize(
+    ("backend", "to", "precision"),
+    [("llamacpp", "gguf", "f16"), ("openvino", "openvino", "fp16"), ("onnxruntime", "onnx", "fp32")],
+)
+def test_a_draft_model_with_another_tokenizer_is_refused(exact, phi3_fixtures, backend, to, precision):
+    other = convert(str(phi3_fixtures["tiny"]), to, precision, name="fx-tiny").ref
+    ref, load = exact[backend]
+    with pytest.raises(UsageError, match="does not share the model's tokenizer") as info:
+        aipc.load(ref, backend=backend, device="cpu", speculate=f"draft:{other}", **load)
+    assert "\n" not in str(info.value)
+
+
+def test_prompt_lookup_on_the_npu_pipeline_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setenv("AIPC_EMULATE_NPU", "1")
+    with pytest.raises(UsageError, match="static NPU pipeline has no prompt-lookup mode"):
+        aipc.load("smollm2:135m", backend="openvino", device="npu", speculate="lookup")
+
+
+def test_torch_the_reference_refuses_speculation_by_name(phi3_fixtures):
+    with pytest.raises(UsageError, match="not supported by the torch backend: it is the reference"):
+        aipc.load(str(phi3_fixtures["tiny"]), backend="torch", speculate="lookup")
+
+
+def test_verbose_reports_drafted_and_accepted_tokens():
+    result = run_cli(
+        "run", "--speculate", "lookup", "--verbose", "--temperature", "0", "--max-tokens", "48", COPY, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    stats = result.stderr.strip().splitlines()[-1]
+    drafted = int(stats.split("drafted ")[1].split(",")[0])
+    accepted = int(stats.split("accepted ")[1].split(" ")[0])
+    assert 0 < accepted <= drafted, stats
+
+
+def test_bench_compares_speculate_settings_side_by_side():
+    from aipc.bench import report, runner
+    from aipc.cli.bench import configurations
+
+    configs = configurations(["smollm2:135m"], ["llamacpp"], ["cpu"], None, ["off", "lookup"])
+    assert [c.load for c in configs] == [{"speculate": "off"}, {"speculate": "lookup"}]
+    result = runner.run(configs, [64], gen_tokens=24, repeats=1, warmup=0)
+    rows = {r["speculate"]: r for r in result["results"]}
+    assert rows["off"]["drafted"] == 0
+    assert rows["lookup"]["drafted"] > 0  # the benchmark's prompt repeats one paragraph: lookup finds it
+    table = report.table(result)
+    assert "speculate" in table.splitlines()[0] and f"{rows['lookup']['accepted']}/" in table
+
+
+def test_a_draft_model_runs_on_the_npu_pipeline(monkeypatch):
+    """OpenVINO GenAI speculates with a draft model on the NPU's static pipeline (emulated here)."""
+    monkeypatch.setenv("AIPC_EMULATE_NPU", "1")
+    with aipc.load("smollm2:135m", backend="openvino", device="npu", speculate="draft:smollm2:135m") as model:
+        assert model.info.device.startswith("npu")
+        *_, done = model.stream(COPY, temperature=0, max_tokens=24)
+    assert done.drafted > 0 and done.accepted > 0  # the model drafting for itself: its drafts are accepted
+
+
+def test_the_server_speculates_as_told_and_counts_drafts_in_metrics():
+    """`aipc serve --speculate lookup` drafts for the models its pool loads; /metrics counts drafted and accepted
+    tokens per model, as a Prometheus client parses them."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_server_support import ServerProcess
+
+    def counted(url: str) -> dict[str, tuple[str, float]]:
+        text = httpx.get(url + "/metrics", timeout=30).text
+        return {
+            s.name: (s.labels["model"], s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("aipc_speculative_")
+        }
+
+    with ServerProcess("--backend", "llamacpp", "--speculate", "lookup") as srv:
+        body = {"model": "smollm2:135m", "messages": [{"role": "user", "content": COPY}], **GREEDY}
+        reply = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=300)
+        assert reply.status_code == 200, reply.text
+        found = counted(srv.url)
+    (model, drafted), (_, accepted) = (
+        found["aipc_speculative_drafted_tokens_total"],
+        found["aipc_speculative_accepted_tokens_total"],
+    )
+    assert "smollm2" in model and 0 < accepted <= drafted, found
