@@ -38,8 +38,9 @@ def test_run_on_the_emulated_npu_with_stats():
     )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
-    stats = result.stderr.strip().splitlines()
-    assert len(stats) == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("sampling: greedy")  # --verbose's sampling line, then stats
+    stats = lines[1:]
     assert re.search(
         r"load [\d.]+ s \| prompt \d+ tokens \| TTFT \d+ ms \| next-token [\d.]+ ms \| [\d.]+ tokens/s",
         stats[0],

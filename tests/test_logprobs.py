@@ -47,7 +47,7 @@ def test_generated_logprobs_agree_with_the_eval_scorer(backend, phi3_fixtures, r
     hint = {"precision_hint": "f32"} if backend == "openvino" else {}  # fp32 decoding, as the scorer computes
     with aipc.load(spec, backend=backend, device="cpu", **hint) as model:
         prompt = model.tokenize(PROMPT)
-        events = list(model.stream(prompt, raw=True, temperature=0, max_tokens=24, logprobs=5))
+        events = list(model.stream(prompt, raw=True, temperature=0, max_tokens=24, logprobs=5, repetition_penalty=1))
         deltas = [e for e in events if isinstance(e, TextDelta)]
         done = events[-1]
         assert isinstance(done, Done)
@@ -149,10 +149,10 @@ def test_frequency_penalty_breaks_a_greedy_loop(backend, phi3_fixtures, request)
     prompt = "one one one one one one one one one one one one"
     with aipc.load(spec, backend=backend, device="cpu") as model:
         ids = model.tokenize(prompt)
-        plain = list(model.stream(ids, raw=True, temperature=0, max_tokens=24, ignore_eos=True))[-1].token_ids
-        pen = list(model.stream(ids, raw=True, temperature=0, max_tokens=24, ignore_eos=True, frequency_penalty=2.0))[
-            -1
-        ].token_ids
+        # repetition_penalty 1: the model's default one would already break the loop
+        greedy = {"raw": True, "temperature": 0, "max_tokens": 24, "ignore_eos": True, "repetition_penalty": 1.0}
+        plain = list(model.stream(ids, **greedy))[-1].token_ids
+        pen = list(model.stream(ids, **greedy, frequency_penalty=2.0))[-1].token_ids
     top_plain = np.bincount(plain).max()
     top_pen = np.bincount(pen).max()
     print(f"{backend}: most repeated token {top_plain}x plain, {top_pen}x with frequency_penalty 2")

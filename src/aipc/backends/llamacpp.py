@@ -1,7 +1,21 @@
 """llama.cpp through llama-cpp-python: GGUF files on the CPU, with GPU offload where the build supports it.
 
-Generation is llama.cpp's own pull loop, so it needs no thread. `Llama.generate` keeps the KV cache of the
-longest prefix shared with the previous call, so a chat's next turn only evaluates the new tokens.
+Generation is `Llama.generate`'s pull loop (no thread is needed), which also runs speculative decoding through
+its draft-model hook (`aipc.backends.llamacpp_speculate`). aipc takes over two of its parts:
+
+- Sampling means what `GenerationConfig` says on every backend (`aipc.backends.sampling`), which
+  `Llama.generate`'s built-in sampler does not (its penalty sees only the last 64 generated tokens). aipc's
+  sampler runs as the first stage of llama.cpp's chain (a logits processor), picks the token and leaves it the
+  only candidate; llama.cpp's own stages then just take it. Drafted tokens are checked the same way, position
+  by position, so speculation changes neither the tokens nor, with a seed, the draws.
+- The same request gives the same tokens whatever the KV cache holds. A prompt is always evaluated in
+  chunks of PREFILL_CHUNK tokens that start at multiples of PREFILL_CHUNK, and a later prompt reuses only
+  whole chunks that an earlier prompt evaluated. Every position's keys and values are then computed by the
+  very same operations, on the same shapes, whether they come from the cache or not. (A chunk of a different
+  size, or a token evaluated alone, takes other matrix kernels, which round differently: enough to flip a
+  near-tie and change a greedy answer.) A chat's next turn re-evaluates at most the last PREFILL_CHUNK - 1
+  tokens of its history plus the previous answer, and reuses the rest. (`Llama.generate` reuses the longest
+  prefix its KV cache holds; aipc first cuts what it holds back to those whole chunks.)
 """
 
 from __future__ import annotations
@@ -24,13 +38,22 @@ from aipc.backends.base import (
     fit_to_context,
     markup_tokens,
 )
+from aipc.backends.sampling import Sampler
+from aipc.engine import context as ctx_policy
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.engine.logprobs import logprobs_from_logits
 from aipc.errors import GenerationError, UsageError
 from aipc.store.resolve import ModelSource
 
-DEFAULT_CONTEXT = 4096
+# Tokens per prompt-evaluation step (llama.cpp's n_batch and n_ubatch), and the granularity of KV-cache reuse.
+PREFILL_CHUNK = 128
+# aipc's KV-cache types -> ggml types.
+_KV_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8": llama_cpp.GGML_TYPE_Q8_0}
+# llama.cpp's own default is f16. aipc keeps an 8-bit cache, as OpenVINO's CPU plugin does by default: for the
+# real-scale Phi-3-mini at 4096 tokens that is 816 MiB instead of 1536, decoding as fast (benchmarks/memory.py).
+DEFAULT_KV = "q8"
+Q8_BLOCK = 32  # values per q8_0 block: the head size must be a multiple of it
 
 
 class LlamaCppBackend:
@@ -44,39 +67,54 @@ class LlamaCppBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> LlamaCppModel:
-        return LlamaCppModel(source, device, config)
+        return LlamaCppModel(source, config, device)
 
 
 class LlamaCppModel:
     # Log-probs come from the context's logits as each token is sampled (see `generate`).
     reports_logprobs = True
 
-    def __init__(self, source: ModelSource, device: DeviceInfo, config: LoadConfig | None = None) -> None:
+    def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
+        from aipc.store.gguf_header import read_metadata
+
         path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
         self._gpu_layers = -1 if device.name == "gpu" else 0
+        dims = ctx_policy.dims_from_gguf(read_metadata(path))
+        kv_type = config.kv_cache or DEFAULT_KV
+        if kv_type == "q8" and dims.kv is not None and dims.kv.head_dim % Q8_BLOCK:
+            # q8_0 packs 32 values per block along a head; llama.cpp refuses other head sizes.
+            if config.kv_cache == "q8":
+                raise UsageError(
+                    f"kv_cache q8 needs a head size that is a multiple of {Q8_BLOCK} on llama.cpp; {source.name}'s "
+                    f"is {dims.kv.head_dim}: use f16 or f32"
+                )
+            kv_type = "f16"
+        self._ctx = ctx_policy.choose(
+            config.context_length, dims, kv_type, name=source.name, reserve_bytes=path.stat().st_size
+        )
         self._drafter = None
-        spec = speculate.parse(config.speculate if config else "off")
+        spec = speculate.parse(config.speculate)
         if spec.active:
             from aipc.backends.llamacpp_speculate import Drafter, SpeculativeLlama
 
-            self._drafter = Drafter(spec, self._gpu_layers, DEFAULT_CONTEXT)
-            self._llm = self._open(path, device, SpeculativeLlama, draft_model=self._drafter)
+            self._drafter = Drafter(spec, self._gpu_layers, self._ctx)
+            self._llm = self._open(path, device, self._ctx, kv_type, SpeculativeLlama, draft_model=self._drafter)
             self._drafter.attach(self._llm)
         else:
-            self._llm = self._open(path, device)
-        trained = int(self._llm.metadata.get(f"{self._llm.metadata.get('general.architecture')}.context_length", 0))
-        self._ctx = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+            self._llm = self._open(path, device, self._ctx, kv_type)
+        self._canonical: list[int] = []  # the prompt tokens whose KV was computed in whole, aligned chunks
+        self._reuse = config.prefix_cache is not False
+        self._n_vocab = self._llm.n_vocab()
+        self.vocab_size = self._n_vocab
         vocab = self._llm._model.vocab
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
         self._stop_ids = end_of_turn_ids(self.tokenize, self._decode_special)
         meta = self._llm.metadata
         kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         specials = markup_tokens(
-            self._decode_special([i])
-            for i in range(self._llm.n_vocab())
-            if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
+            self._decode_special([i]) for i in range(self._n_vocab) if llama_cpp.llama_vocab_get_attr(vocab, i) & kinds
         )
-        self.vocab_size = self._llm.n_vocab()
+        self.vocab_size = self._n_vocab
         self.structured_output = True  # GBNF grammars from JSON Schema
         self.info = ModelInfo(
             name=source.name,
@@ -93,13 +131,26 @@ class LlamaCppModel:
         )
 
     @staticmethod
-    def _open(path: Path, device: DeviceInfo, cls=llama_cpp.Llama, **extra) -> llama_cpp.Llama:
+    def _open(
+        path: Path, device: DeviceInfo, n_ctx: int, kv_type: str, cls=llama_cpp.Llama, **extra
+    ) -> llama_cpp.Llama:
+        on_cpu = device.name != "gpu"
         try:
             return cls(
                 str(path),
-                n_ctx=DEFAULT_CONTEXT,
+                n_ctx=n_ctx,
+                n_batch=PREFILL_CHUNK,
+                n_ubatch=PREFILL_CHUNK,
                 n_threads=os.cpu_count(),
-                n_gpu_layers=-1 if device.name == "gpu" else 0,
+                n_gpu_layers=0 if on_cpu else -1,
+                type_k=_KV_TYPES[kv_type],
+                type_v=_KV_TYPES[kv_type],
+                # A quantized V cache needs flash attention in llama.cpp (with an f16 cache it decodes slower here).
+                flash_attn=kv_type == "q8",
+                # On the CPU llama.cpp repacks the weights of common quantizations (q4_0, q4_K, ...) into its
+                # own layout; with the file mapped as well, the weights were resident twice (5.6 GB of peak
+                # memory for Phi-3-mini's 2.15 GB q4_0). Reading the file instead keeps one copy.
+                use_mmap=not on_cpu,
                 verbose=False,
                 **extra,
             )
@@ -119,6 +170,18 @@ class LlamaCppModel:
         """A token's own bytes (byte-level tokens may hold part of a UTF-8 character)."""
         return self._llm.detokenize([int(ident)], special=True)
 
+    def _keep_chunks(self, ids: list[int]) -> None:
+        """Cut the KV cache back to the whole chunks `ids` starts with, so that `Llama.generate`, which reuses
+        the longest prefix it holds, evaluates the rest in aligned chunks; see the module's docstring."""
+        shared = 0
+        for a, b in zip(self._canonical if self._reuse else (), ids, strict=False):
+            if a != b:
+                break
+            shared += 1
+        keep = min(shared, len(ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+        self._llm.n_tokens = keep  # generate() then drops the KV cache past it
+        self._canonical = []  # unknown until the prompt's evaluation completes
+
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
@@ -126,20 +189,8 @@ class LlamaCppModel:
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
-        if config.seed is not None:
-            self._llm.set_seed(config.seed)
-        sampling = (
-            {"temp": 0.0, "top_k": 1}
-            if config.greedy
-            else {
-                "temp": config.temperature,
-                "top_p": config.top_p,
-                "top_k": config.top_k,
-                "min_p": 0.0,
-            }
-        )
+        sampler = Sampler(config, ids, self._n_vocab)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated = 0
         produced: list[int] = []
         reason = "length"
         seeded = config.seed is not None and not config.greedy
@@ -148,23 +199,17 @@ class LlamaCppModel:
         # checked per step: a request that asks for them (or constrains with a grammar) is decoded without drafts.
         paused = k is not None or grammar is not None
         stepper = self._drafter.start(ids, seeded, paused=paused) if self._drafter is not None else None
-        if config.logit_bias:
-            sampling["logits_processor"] = llama_cpp.LogitsProcessorList([_bias(config.logit_bias)])
-        tokens = self._llm.generate(
-            ids,
-            repeat_penalty=config.repetition_penalty,
-            # llama.cpp subtracts them from the logits, counting the last 64 generated tokens (last_n_tokens_size)
-            presence_penalty=config.presence_penalty,
-            frequency_penalty=config.frequency_penalty,
-            reset=True,
-            grammar=grammar,
-            **sampling,
-        )
-        n_vocab = self._llm.n_vocab()
+        self._keep_chunks(ids)
+        tokens = self._llm.generate(ids, repeat_penalty=1.0, reset=True, **self._stages(config, sampler, grammar))
+        n_vocab = self._n_vocab
         try:
             for token in tokens:
-                generated += 1
+                token = int(token)
+                if not produced:  # the prompt is in: its whole chunks can serve the next prompt
+                    self._canonical = ids[: n_prompt // PREFILL_CHUNK * PREFILL_CHUNK]
                 produced.append(token)
+                if grammar is not None:  # llama.cpp drew it: the sampler counts it for its penalties
+                    sampler.accept(token)
                 if stepper is not None:
                     stepper.push(token)
                 if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
@@ -182,7 +227,7 @@ class LlamaCppModel:
                 if cancel.is_set():
                     reason = "cancelled"
                     break
-                if generated >= max_tokens:
+                if len(produced) >= max_tokens:
                     break
         finally:
             tokens.close()
@@ -191,7 +236,23 @@ class LlamaCppModel:
         if stepper is not None:
             stepper.finish()
             counts = stepper.counts
-        yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
+        yield Finished(reason, n_prompt, len(produced), end, tuple(produced), counts.drafted, counts.accepted)
+
+    def _stages(self, config: GenerationConfig, sampler: Sampler, grammar: llama_cpp.LlamaGrammar | None) -> dict:
+        """`Llama.generate`'s sampling arguments. Without a grammar aipc's sampler picks the token (see the
+        module's docstring) and llama.cpp's stages are neutral. With one, the grammar must see every candidate
+        before anything narrows them (a top_k or top_p that ran first could leave it none it allows), and it runs
+        after the logits processors: aipc's sampler then only penalizes and divides by the temperature, and
+        llama.cpp's grammar, top_k, top_p and seeded draw follow, at temperature 1."""
+        if grammar is None:
+            return {"temp": 0.0, "top_k": 1, "logits_processor": llama_cpp.LogitsProcessorList([_chooser(sampler)])}
+        shape = llama_cpp.LogitsProcessorList([_penalizer(sampler)])
+        if config.greedy:
+            return {"temp": 0.0, "top_k": 1, "logits_processor": shape, "grammar": grammar}
+        if config.seed is not None:
+            self._llm.set_seed(config.seed)
+        picks = {"top_k": config.top_k, "top_p": config.top_p, "min_p": 0.0, "typical_p": 1.0}
+        return {"temp": 1.0, **picks, "logits_processor": shape, "grammar": grammar}
 
     @staticmethod
     def _grammar(schema: str) -> llama_cpp.LlamaGrammar:
@@ -214,8 +275,9 @@ class LlamaCppModel:
         return LlamaCppScorer(Path(self.info.path), self._gpu_layers)
 
     def reset_cache(self) -> None:
-        """Forget the KV cache `Llama.generate` keeps for a shared prompt prefix."""
+        """Forget the KV cache kept for a shared prompt prefix."""
         self._llm.reset()
+        self._canonical = []
 
     def close(self) -> None:
         if self._drafter is not None:
@@ -226,18 +288,27 @@ class LlamaCppModel:
             self._llm = None
 
 
-def _bias(bias: tuple[tuple[int, float], ...]):
-    """logit_bias as llama-cpp-python's logits processor: its first sampler stage, whose logits are in id
-    order."""
-    ids = np.asarray([i for i, _ in bias], dtype=np.int64)
-    values = np.asarray([b for _, b in bias], dtype=np.float32)
+def _chooser(sampler: Sampler):
+    """aipc's sampler as llama-cpp-python's logits processor, the first stage of its chain (logits in id order):
+    the token it picks is left the only candidate."""
 
-    def apply(input_ids, scores):
-        keep = ids < scores.shape[0]
-        scores[ids[keep]] += values[keep]
+    def choose(input_ids, scores):
+        token = sampler(scores)
+        scores[:] = -np.inf
+        scores[token] = 0.0
         return scores
 
-    return apply
+    return choose
+
+
+def _penalizer(sampler: Sampler):
+    """aipc's penalties and temperature as llama-cpp-python's logits processor, for a chain that draws itself."""
+
+    def shape(input_ids, scores):
+        scores[:] = sampler.penalized(scores) / sampler.temperature
+        return scores
+
+    return shape
 
 
 class LlamaCppScorer:

@@ -1,5 +1,12 @@
 """ONNX Runtime GenAI: models built by its model builder (model.onnx + genai_config.json), on the CPU, CUDA
-or DirectML, with a pull loop (`generate_next_token`) that needs no thread."""
+or DirectML, with a pull loop (`generate_next_token`) that needs no thread.
+
+The generator is kept between requests, and a prompt that starts like the last one rewinds it instead of
+starting over (a chat's next turn prefills only what is new). So that the same request gives the same tokens
+whether or not its prefix was cached, prompts are appended in chunks of PREFILL_CHUNK tokens that start at
+multiples of PREFILL_CHUNK, and only whole chunks of an earlier prompt are reused: each position is then
+computed by the same operations on the same shapes either way (see `aipc.backends.llamacpp`).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ from aipc.engine.logprobs import logprobs_from_logits
 from aipc.errors import ContextLengthError, GenerationError, UsageError
 from aipc.store.resolve import ModelSource
 
+# Tokens per prompt-append step, and the granularity of KV-cache reuse.
+PREFILL_CHUNK = 128
 # aipc device -> ONNX Runtime GenAI provider name, in the order tried for "gpu".
 _GPU_PROVIDERS = (("cuda", og.is_cuda_available), ("dml", og.is_dml_available))
 
@@ -43,17 +52,42 @@ class OnnxRuntimeBackend:
         return found
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> OnnxRuntimeModel:
-        return OnnxRuntimeModel(source, device, config)
+        return OnnxRuntimeModel(source, config, device)
+
+
+def _kv_type(source: ModelSource, device: DeviceInfo) -> str:
+    """The KV cache's element type, which the model builder fixes in the graph: 16-bit for fp16 builds and for
+    GPU builds, 32-bit for the CPU's int4/int8/fp32 builds."""
+    return "f16" if source.precision == "fp16" or device.name != "cpu" else "f32"
 
 
 class OnnxRuntimeModel:
     # Log-probs come from the generator's logits at each step (see `generate`).
     reports_logprobs = True
 
-    def __init__(self, source: ModelSource, device: DeviceInfo, config: LoadConfig | None = None) -> None:
+    def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
+        from aipc.engine import context as ctx_policy
+
         genai = json.loads((source.path / "genai_config.json").read_text())
-        self._context = int(genai["model"].get("context_length") or genai["search"].get("max_length") or 4096)
-        self._spec = speculate.parse(config.speculate if config else "off")
+        kv_type = _kv_type(source, device)
+        if config.kv_cache is not None and config.kv_cache != kv_type:
+            raise UsageError(
+                f"kv_cache {config.kv_cache} is not supported by the onnxruntime backend: its model graph fixes the "
+                f"KV cache's type ({kv_type} for {source.name}); use llamacpp or openvino for another"
+            )
+        dims = ctx_policy.dims_from_genai(genai)
+        asked = config.context_length
+        if asked is not None and dims.trained is not None and asked > dims.trained:
+            raise UsageError(
+                f"context_length {asked} is over {source.name}'s {dims.trained} tokens, the most ONNX Runtime GenAI "
+                "allows for it (genai_config.json's context_length)"
+            )
+        if dims.trained is None:
+            dims = ctx_policy.ModelDims(genai.get("search", {}).get("max_length"), dims.kv)
+        weights = sum(f.stat().st_size for f in source.path.glob("*.onnx*"))
+        # ONNX Runtime GenAI allocates the KV cache for max_length tokens up front.
+        self._context = ctx_policy.choose(config.context_length, dims, kv_type, name=source.name, reserve_bytes=weights)
+        self._spec = speculate.parse(config.speculate)
         self._governor = speculate.Governor(pads_misses=False) if self._spec.mode == "auto" else None
         folder = source.path
         if self._spec.mode == "draft":
@@ -79,6 +113,7 @@ class OnnxRuntimeModel:
         self._generator: og.Generator | None = None
         self._special_ids: dict[int, str] | None = None
         self._cached: tuple[tuple, list[int]] | None = None  # (search options, token ids in the KV cache)
+        self._reuse = config.prefix_cache is not False
         eos = genai["model"].get("eos_token_id", [])
         self._stop_ids = set(eos if isinstance(eos, list) else [eos]) | end_of_turn_ids(
             self.tokenize, lambda ids: self._tok.decode(ids)
@@ -123,7 +158,7 @@ class OnnxRuntimeModel:
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        ids = np.asarray(list(prompt), dtype=np.int32)
+        ids = [int(t) for t in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         k = config.logprobs
@@ -131,10 +166,12 @@ class OnnxRuntimeModel:
         seeded = config.seed is not None and not config.greedy
         # llguidance, like logits read or shaped between steps, wants one token per step
         kind, speculative = self._speculation(ids, seeded, k is not None or shaping or config.json_schema is not None)
-        generator, reused = self._generator_for(list(ids), config, speculative)
-        key, self._cached = self._cached[0], None  # unknown until this generation completes
+        generator, keep = self._generator_for(ids, config, speculative)
+        key, self._cached = self._cached[0], None  # unknown until the prompt is in
         before = generator.get_speculative_stats() if speculative is not None else None
-        generator.append_tokens(ids[reused:])
+        for start in range(keep, n_prompt, PREFILL_CHUNK):  # aligned chunks: see the module's docstring
+            generator.append_tokens(np.asarray(ids[start : start + PREFILL_CHUNK], dtype=np.int32))
+        self._cached = (key, ids[: n_prompt // PREFILL_CHUNK * PREFILL_CHUNK])
         stream = self._tok.create_stream()
         generated = 0
         produced: list[int] = []
@@ -167,8 +204,6 @@ class OnnxRuntimeModel:
         else:
             reason = "stop" if generated < max_tokens else "length"
         end = _now()
-        # What the generator's KV cache now holds: the next turn of a chat shares this prefix.
-        self._cached = (key, [int(t) for t in ids] + produced)
         counts = self._settle(kind, ids, produced, times, before, generator)
         yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
 
@@ -209,9 +244,9 @@ class OnnxRuntimeModel:
     ) -> tuple[og.Generator, int]:
         """A generator and how many leading prompt tokens it already holds in its KV cache.
 
-        The last generator is kept; a prompt that starts with what it holds (a chat's next turn) rewinds it to the
-        shared prefix and appends only the new tokens. Seeded sampling always starts afresh, so a seed gives the
-        same text every time."""
+        The last generator is kept; a prompt that starts with the whole chunks it holds (a chat's next turn, the
+        same prompt again) rewinds it to them. Seeded sampling always starts afresh, so a seed gives the same
+        text every time."""
         options: dict[str, object] = {
             "max_length": self._context,
             "do_sample": not config.greedy,
@@ -226,16 +261,17 @@ class OnnxRuntimeModel:
             if config.seed is not None:
                 options["random_seed"] = config.seed
         key = (tuple(sorted(options.items())), tuple(sorted((speculative or {}).items())), config.json_schema)
-        if self._cached and self._cached[0] == key and config.seed is None and config.json_schema is None:
-            held = self._cached[1]
+        reusable = self._reuse and config.seed is None and config.json_schema is None
+        if reusable and self._cached and self._cached[0] == key:
             shared = 0
-            for a, b in zip(held, ids[:-1], strict=False):  # keep one new token to append
+            for a, b in zip(self._cached[1], ids, strict=False):
                 if a != b:
                     break
                 shared += 1
-            if shared:
-                self._generator.rewind_to(shared)
-                return self._generator, shared
+            keep = min(shared, len(ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+            if keep:
+                self._generator.rewind_to(keep)
+                return self._generator, keep
         params = og.GeneratorParams(self._model)
         params.set_search_options(**options)
         if speculative is not None:

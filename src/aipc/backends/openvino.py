@@ -41,6 +41,11 @@ NPU_PREFILL_CHUNK = 256
 # Texts up to this many characters are tokenized whole: fewer than the 8192 tokens the tokenizer keeps, even at
 # four tokens per character (byte-level tokens of characters outside the vocabulary).
 _TOKENIZE_CHARS = 2000
+# aipc's KV-cache types -> OpenVINO's KV_CACHE_PRECISION. The CPU plugin's default is u8 (an 8-bit cache with a scale
+# and zero point per group), the GPU's f16.
+_KV_PRECISION = {"f32": "f32", "f16": "f16", "q8": "u8"}
+# Tokens per paged-attention block: the CPU plugin's block size (the GPU's is smaller), used to size the cache.
+KV_BLOCK = 32
 _FINISH = {
     ov_genai.GenerationFinishReason.STOP: "stop",
     ov_genai.GenerationFinishReason.LENGTH: "length",
@@ -49,6 +54,15 @@ _FINISH = {
 
 def npu_emulation_enabled() -> bool:
     return os.environ.get(EMULATE_NPU_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def npu_limits(config: LoadConfig) -> tuple[int, int]:
+    """The NPU pipeline's (MAX_PROMPT_LEN, MIN_RESPONSE_LEN): a context length, when given, is split between the
+    prompt and the answer room it keeps (npu_min_response_len, or a quarter of a smaller context)."""
+    if config.context_length is None:
+        return config.npu_max_prompt_len, config.npu_min_response_len
+    response = min(config.npu_min_response_len, config.context_length // 4)
+    return config.context_length - response, response
 
 
 def pipeline_properties(config: LoadConfig, device: DeviceInfo, ir: Path | None = None) -> dict[str, object]:
@@ -64,13 +78,14 @@ def pipeline_properties(config: LoadConfig, device: DeviceInfo, ir: Path | None 
         cache = caches.compiled_dir(ir) if ir is not None else paths.cache_dir("openvino")
     props: dict[str, object] = {"CACHE_DIR": str(cache)}
     if device.name.startswith("npu"):
+        max_prompt, min_response = npu_limits(config)
         props |= {
-            "MAX_PROMPT_LEN": config.npu_max_prompt_len,
-            "MIN_RESPONSE_LEN": config.npu_min_response_len,
+            "MAX_PROMPT_LEN": max_prompt,
+            "MIN_RESPONSE_LEN": min_response,
             # Prefill in chunks of 256 tokens, and keep the KV of chunks a later prompt starts with, so a chat's
             # next turn prefills only its new tokens. (The default 1024-token chunk spans a whole prompt, which
             # leaves nothing to reuse and pads short prompts to 1024.)
-            "NPUW_LLM_ENABLE_PREFIX_CACHING": "YES",
+            "NPUW_LLM_ENABLE_PREFIX_CACHING": "NO" if config.prefix_cache is False else "YES",
             "NPUW_LLM_PREFILL_CHUNK_SIZE": NPU_PREFILL_CHUNK,
         }
         if device.emulated:
@@ -83,7 +98,35 @@ def pipeline_properties(config: LoadConfig, device: DeviceInfo, ir: Path | None 
             # The CPU plugin otherwise quantizes activations to int8 in multi-token matmuls over compressed
             # weights (prefill, speculative checks), so they disagree with one-token steps even at f32.
             props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
+    if config.kv_cache is not None:
+        if device.name.startswith("npu"):
+            raise UsageError(
+                f"kv_cache {config.kv_cache} is not supported on the NPU, whose pipeline fixes its KV cache's type; "
+                "use --device cpu or gpu"
+            )
+        props["KV_CACHE_PRECISION"] = _KV_PRECISION[config.kv_cache]
+        if config.kv_cache == "f32":
+            # The CPU plugin stores an f32 KV cache only with f32 math (with bf16 math it asks for a bf16 cache).
+            props["INFERENCE_PRECISION_HINT"] = "f32"
     return props
+
+
+def scheduler_config(context: int | None, prefix_cache: bool) -> ov_genai.SchedulerConfig:
+    """The paged-attention scheduler `LLMPipeline` runs on the CPU and GPU: OpenVINO's latency-oriented settings
+    (no limit on the tokens a step prefills) with the KV cache sized from the context.
+
+    Prefix caching is off unless asked for (`LoadConfig.prefix_cache`). With it, a prompt that starts like an
+    earlier one restores that one's KV blocks, partly filled ones included, and blocks that decoding wrote; the
+    rest is prefilled around them. Measured here (benchmarks/determinism.py), that changes greedy answers to a
+    chat's second turn over a long history, at every precision (bf16 or f32 math; u8, f16 or f32 KV cache)
+    and however the prefill is chunked: it is not exact. Without it, a chat's next turn prefills its history
+    again, which OpenVINO does fastest of the runtimes here."""
+    sc = ov_genai.SchedulerConfig()
+    sc.enable_prefix_caching = prefix_cache
+    sc.max_num_batched_tokens = 2**31 - 1
+    if context:
+        sc.num_kv_blocks = -(-context // KV_BLOCK) + 1
+    return sc
 
 
 class OpenVINOBackend:
@@ -117,6 +160,7 @@ class OpenVINOModel:
     def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
         is_npu = device.name.startswith("npu")
         path = ir_path(source, device)
+        self._context = sum(npu_limits(config)) if is_npu else self._choose_context(source, path, config, device)
         self._speculator = self._speculation(config, device)
         try:
             self._pipe = self._open(path, config, device)
@@ -124,10 +168,9 @@ class OpenVINOModel:
             raise UsageError(f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}") from None
         self._tok = self._pipe.get_tokenizer()
         self._stop_ids = self._end_of_turn_ids()
+        context = self._context
+        max_prompt = npu_limits(config)[0] if is_npu else context - 1
         self.vocab_size = len(self._tok.get_vocab()) or None
-        context = model_context_length(source, path)
-        if is_npu:
-            context = config.npu_max_prompt_len + config.npu_min_response_len
         self.info = ModelInfo(
             name=source.name,
             backend="openvino",
@@ -136,7 +179,7 @@ class OpenVINOModel:
             chat_template=self._tok.chat_template or None,
             bos_token=self._tok.get_bos_token(),
             eos_token=self._tok.get_eos_token(),
-            max_prompt_tokens=config.npu_max_prompt_len if is_npu else (context - 1 if context else None),
+            max_prompt_tokens=max_prompt,
             context_length=context,
             special_tokens=self._special_tokens(path),
             ref=source.ref,
@@ -151,14 +194,37 @@ class OpenVINOModel:
         self._device = device
         self._load_config = config
 
-    def _open(self, path: Path, config: LoadConfig, device: DeviceInfo):
+    @staticmethod
+    def _choose_context(source: ModelSource, ir: Path, config: LoadConfig, device: DeviceInfo) -> int:
+        """The context length: as asked, else the trained one capped to fit free memory (`aipc.engine.context`)."""
+        from aipc.engine import context as ctx_policy
+
+        dims = ctx_policy.dims_of_folder(ir)
+        if source.format == "gguf":
+            from aipc.store.gguf_header import read_metadata
+
+            dims = ctx_policy.dims_from_gguf(read_metadata(source.path))
+        trained = model_context_length(source, ir)
+        dims = ctx_policy.ModelDims(trained or dims.trained, dims.kv)
+        kv_type = config.kv_cache or ("q8" if device.name == "cpu" else "f16")
+        weights = sum(f.stat().st_size for f in ir.glob("*.bin"))
+        return ctx_policy.choose(config.context_length, dims, kv_type, name=source.name, reserve_bytes=weights)
+
+    def _open(self, path: Path, config: LoadConfig, device: DeviceInfo, **extra):
         props = pipeline_properties(config, device, path)
-        extra = {}
-        if self._speculator is not None:
+        if self._speculator is not None and not extra:
             from aipc.backends.openvino_speculate import pipeline_kwargs
 
             extra = pipeline_kwargs(self._speculator.spec, device, props, path)
-        return ov_genai.LLMPipeline(str(path), device.runtime_name, **props, **extra)
+        if device.name.startswith("npu"):
+            return ov_genai.LLMPipeline(str(path), device.runtime_name, **props, **extra)
+        return ov_genai.LLMPipeline(
+            str(path),
+            device.runtime_name,
+            scheduler_config=scheduler_config(self._context, config.prefix_cache is True),
+            **props,
+            **extra,
+        )
 
     def _speculation(self, config: LoadConfig, device: DeviceInfo):
         """The speculator for `config.speculate` (see `openvino_speculate`), or None for plain decoding. auto on
@@ -173,8 +239,7 @@ class OpenVINOModel:
         refuse_on(spec, device)
 
         def open_lookup():
-            props = pipeline_properties(config, device, self._ir)
-            return ov_genai.LLMPipeline(str(self._ir), device.runtime_name, prompt_lookup=True, **props)
+            return self._open(self._ir, config, device, prompt_lookup=True)
 
         return Speculator(spec, open_lookup)
 
@@ -250,7 +315,7 @@ class OpenVINOModel:
             )
             raise ContextLengthError(f"the prompt has {n_prompt} tokens, over {where}", limit=limit, requested=n_prompt)
         gc = self._config(config)
-        if self.info.context_length and not self._is_npu:
+        if not self._is_npu:
             gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
 
         stops = () if config.ignore_eos else self._stop_texts
@@ -284,11 +349,13 @@ class OpenVINOModel:
         return stream_from_callback(run, cancel)
 
     def reset_cache(self) -> None:
-        """Forget the KV cache of earlier prompts. On the CPU and GPU, `LLMPipeline` runs paged attention with
-        prefix caching: the KV blocks of recent prompts stay, and a prompt that starts with one of them (a chat's
-        next turn, its history rendered by aipc's own template) prefills only what follows. The pipeline has no
-        call that drops those blocks, so this reopens it (from the compiled-model cache), then runs one token
-        through it so that its first-inference setup is not counted against the next prompt."""
+        """Forget the KV cache of earlier prompts. With prefix caching on (`LoadConfig.prefix_cache`), the KV
+        blocks of recent prompts stay, and a prompt that starts with one of them (a chat's next turn) prefills only
+        what follows. The pipeline has no call that drops those blocks, so this reopens it (from the compiled-model
+        cache), then runs one token through it so that its first-inference setup is not counted against the next
+        prompt. Without prefix caching nothing is kept, and nothing is done."""
+        if not (self._is_npu or self._load_config.prefix_cache):
+            return
         self._pipe = None
         if self._speculator is not None:
             self._speculator.forget()

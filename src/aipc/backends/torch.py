@@ -51,11 +51,11 @@ class TorchBackend:
                 config.speculate,
                 "it is the reference the other backends are checked against, so it decodes one token at a time",
             )
-        return TorchModel(source, device)
+        return TorchModel(source, config, device)
 
 
 class TorchModel:
-    def __init__(self, source: ModelSource, device: DeviceInfo) -> None:
+    def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
         from aipc.convert.sources import check_no_remote_code
 
         config_json = (source.path / "config.json").read_text()
@@ -67,6 +67,12 @@ class TorchModel:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         dtype = torch.float32 if source.precision in ("", "fp32") else torch.bfloat16
+        kv_type = "f32" if dtype == torch.float32 else "bf16"
+        if config.kv_cache is not None and config.kv_cache != kv_type:
+            raise UsageError(
+                f"kv_cache {config.kv_cache} is not supported by the torch backend, which keeps the KV cache in the "
+                f"model's own type ({kv_type}); use llamacpp or openvino for another"
+            )
         try:
             self._tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=False)
             self._model = AutoModelForCausalLM.from_pretrained(
@@ -76,7 +82,9 @@ class TorchModel:
             raise UsageError(f"transformers could not load {source.path}: {exc}") from None
         self._model.eval()
         self._device = device.runtime_name
-        self._context = int(getattr(self._model.config, "max_position_embeddings", 4096) or 4096)
+        # The cache grows with the sequence (nothing is allocated up front), so the context is only a limit.
+        trained = int(getattr(self._model.config, "max_position_embeddings", 4096) or 4096)
+        self._context = config.context_length or trained
         self.vocab_size = getattr(self._model.config, "vocab_size", None)
         eos = self._model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

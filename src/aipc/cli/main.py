@@ -108,11 +108,13 @@ def _add_run(sub) -> None:
     run.add_argument(
         "--repeat-penalty",
         type=float,
-        help=f"penalise repeated tokens (> 0; 1 is off; default {ht.default_value('repetition_penalty')})",
+        help=f"penalise tokens already in the prompt or answer (> 0; 1 is off; default: the model's, see below, else "
+        f"{ht.default_value('repetition_penalty')})",
     )
     run.add_argument("--stop", action="append", metavar="TEXT", help="stop when the answer writes TEXT (repeatable)")
     run.add_argument("--seed", type=int, help="random seed for reproducible sampling (>= 0; default: random)")
     run.add_argument("--system", help="system prompt (default: none, or a created model's own)")
+    _add_load_options(run)
     run.add_argument("--speculate", default="auto", help=SPECULATE_HELP)
     run.add_argument(
         "--format",
@@ -160,7 +162,12 @@ def _add_serve(sub) -> None:
     serve.add_argument(
         "--allowed-host", action="append", default=[], metavar="NAME", help="another Host name to answer to"
     )
-    serve.add_argument("--context-length", type=int, help="prompt + answer tokens allowed (default: the model's)")
+    serve.add_argument(
+        "--repeat-penalty",
+        type=float,
+        help="the repetition penalty of requests that do not set one (default: the model's)",
+    )
+    _add_load_options(serve)
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     serve.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM (default 30)"
@@ -177,6 +184,22 @@ def _add_serve(sub) -> None:
     serve.add_argument("--log-format", choices=("text", "json"), default="text", help="request log lines (with -v)")
     serve.set_defaults(handler="aipc.cli.serve:command")
     _add_server_client_commands(sub)
+
+
+def _add_load_options(parser) -> None:
+    """Options fixed when the model is opened, the same for run and serve."""
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        metavar="N",
+        help="prompt + answer tokens the model holds (default: its trained context, capped to fit free memory)",
+    )
+    parser.add_argument(
+        "--kv-cache",
+        metavar="TYPE",
+        help="KV-cache element type: f32, f16 or q8 (llama.cpp q8_0, OpenVINO u8; default: q8 on llama.cpp and "
+        "OpenVINO CPU, f16 on OpenVINO GPU, the model's own on ONNX Runtime)",
+    )
 
 
 def _add_server_client_commands(sub) -> None:

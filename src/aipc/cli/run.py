@@ -28,7 +28,8 @@ def command(args: argparse.Namespace) -> int:
     # Validate every option before the (slow) load, so mistakes answer at once.
     options = generation_options(args)
     GenerationConfig().updated(**options)
-    LoadConfig(backend=args.backend, device=args.device, speculate=args.speculate)
+    load_options = {"context_length": args.context_length, "kv_cache": args.kv_cache}
+    LoadConfig(backend=args.backend, device=args.device, speculate=args.speculate, **load_options)
     _check_model(model_name, guessed)
 
     stdin_tty = sys.stdin is not None and sys.stdin.isatty()
@@ -40,9 +41,11 @@ def command(args: argparse.Namespace) -> int:
     if prompt is None and not interactive:
         raise UsageError("no prompt: pass one as an argument, pipe it on stdin, or run in a terminal to chat")
 
-    model = load(model_name, args.backend, args.device, args.speculate)
+    model = load(model_name, args.backend, args.device, args.speculate, **load_options)
     wrap = not args.nowordwrap
     with model:
+        if args.verbose:
+            print(model.sampling.summary(options), file=sys.stderr)
         if interactive:
             from aipc.cli.chat import ChatSession
 
@@ -130,13 +133,14 @@ def read_piped_stdin() -> str:
     return _checked_text(sys.stdin.buffer.read(), "the prompt on stdin").strip()
 
 
-def load(name: str | None, backend: str, device: str, speculate: str = "auto"):
-    """Open the model with a spinner on the terminal (a first run's conversion shows as its own step)."""
+def load(name: str | None, backend: str, device: str, speculate: str = "auto", **load_options):
+    """Open the model with a spinner on the terminal (a first run's conversion shows as its own step);
+    `load_options` are LoadConfig's others (context_length, kv_cache)."""
     import aipc
     from aipc import progress
 
     with progress.step(f"loading {name or 'the default model'}"):
-        return aipc.load(name, backend=backend, device=device, speculate=speculate)
+        return aipc.load(name, backend=backend, device=device, speculate=speculate, **load_options)
 
 
 def generation_options(args: argparse.Namespace) -> dict:

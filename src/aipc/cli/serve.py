@@ -29,6 +29,8 @@ def command(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(args.allowed_host),
         max_body_bytes=args.max_body_bytes,
         context_length=args.context_length,
+        kv_cache=args.kv_cache,
+        repetition_penalty=args.repeat_penalty,
         drain_timeout=args.drain_timeout,
         verbose=args.verbose,
         keep_alive=keep,

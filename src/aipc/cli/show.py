@@ -196,9 +196,25 @@ def describe(spec: str, depth: int = 0) -> Described:
         info.facts["quantization"] = ", ".join(quant) if quant else "-"
     elif entry is not None:
         info.notes.append(f"not in the store yet: aipc pull {name} fetches it")
+    info.parameters = _sampling(spec, info.parameters) if variants else _sampling(None, info.parameters)
     info.variants = variants
     info.modelfile = _modelfile_for(info, spec)
     return info
+
+
+def _sampling(spec: str | None, curated: dict[str, Any]) -> dict[str, Any]:
+    """The sampling defaults `aipc run` applies (`aipc.engine.defaults`: the catalog's, else the model file's, else
+    Ollama's) with the curated parameters (stop, ...) kept; `spec` None: a model not stored, nothing to read."""
+    from aipc.engine import defaults
+
+    if spec is not None:
+        from aipc.store import resolve
+
+        try:
+            return {**curated, **defaults.for_source(resolve.resolve_all(spec)[0])}
+        except (AipcError, IndexError):
+            pass
+    return {**defaults.OLLAMA, **curated}
 
 
 def _describe_created(created: store.Variant, variant: str, depth: int) -> Described:
@@ -222,6 +238,7 @@ def _describe_created(created: store.Variant, variant: str, depth: int) -> Descr
 def _describe_path(path: Path) -> Described:
     info = Described(str(path))
     _facts_from(path, {}, info)
+    info.parameters = _sampling(str(path), {})
     info.modelfile = f"FROM {path.resolve()}\n"
     return info
 

@@ -14,6 +14,9 @@ from typing import Any
 from aipc.errors import InvalidConfigError
 
 DEVICES = ("auto", "cpu", "gpu", "npu")
+# KV-cache element types a load may ask for: "q8" is llama.cpp's q8_0 and OpenVINO's u8 (8-bit with a scale and
+# zero point per group). None lets each runtime keep its own default.
+KV_CACHE_TYPES = ("f32", "f16", "q8")
 MAX_TOP_LOGPROBS = 20
 
 
@@ -32,6 +35,15 @@ class LoadConfig:
     # Generations the opened model runs at once. Above 1, backends that can batch (OpenVINO on CPU/GPU:
     # continuous batching) open a batching pipeline; others run one generation at a time.
     parallel: int = 1
+    # Prompt + answer tokens the opened model holds (llama.cpp's n_ctx, ONNX Runtime GenAI's max_length, the
+    # OpenVINO KV-cache budget). None: the model's trained context, capped so its KV cache fits in free memory.
+    context_length: int | None = None
+    # The KV cache's element type (KV_CACHE_TYPES); a runtime that cannot store it refuses it by name.
+    kv_cache: str | None = None
+    # Reuse the KV cache of earlier prompts that a new one starts with (a chat's history). None: wherever that
+    # keeps answers exact (llama.cpp, ONNX Runtime, the NPU), not on OpenVINO's CPU/GPU pipeline, whose prefix
+    # cache can change a greedy answer; True turns it on there too (faster chats, answers may differ).
+    prefix_cache: bool | None = None
     # Speculative decoding: "auto" (prompt lookup where measurement says it pays), "off", "lookup" (always), or
     # "draft:MODEL" (a small draft model with the same tokenizer). See aipc.backends.speculate.
     speculate: str = "auto"
@@ -51,19 +63,31 @@ class LoadConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.context_length is not None:
+            _check_int("context_length", self.context_length, low=16, hint="an integer >= 16 (tokens)")
+        if self.prefix_cache not in (None, True, False):
+            raise InvalidConfigError(f"prefix_cache must be true, false or None, got {self.prefix_cache!r}")
+        if self.kv_cache is not None and self.kv_cache not in KV_CACHE_TYPES:
+            raise InvalidConfigError(f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, got {self.kv_cache!r}")
         _check_speculate(self.speculate)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Per-request sampling options. temperature 0 means greedy decoding."""
+    """Per-request sampling options. temperature 0 means greedy decoding.
+
+    The defaults are Ollama's (a model's own recommendations override them: `aipc.engine.defaults`). Sampling
+    is the same on every backend: the repetition penalty first, then temperature, top_k, top_p, then a draw.
+    repetition_penalty is the CTRL paper's, as transformers, OpenVINO GenAI and ONNX Runtime GenAI define it:
+    the logit of every distinct token already in the sequence (the prompt and the answer so far) is divided by
+    the penalty when positive and multiplied by it when negative; 1 turns it off."""
 
     max_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 40
     seed: int | None = None
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.1
     stop: tuple[str, ...] = field(default_factory=tuple)
     # Generate exactly max_tokens, past end-of-turn tokens: benchmarks need fixed-length decodes.
     ignore_eos: bool = False

@@ -16,6 +16,7 @@ from aipc.backends.base import Backend, ModelInfo
 from aipc.backends.scoring import Scorer
 from aipc.engine import prompt, template
 from aipc.engine.config import GenerationConfig, LoadConfig
+from aipc.engine.defaults import OPTIONS, SamplingDefaults
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
 from aipc.errors import AipcError, ContextLengthError, ConversionError, GenerationError, UsageError
 
@@ -45,6 +46,7 @@ class Model:
         defaults: GenerationConfig,
         load_seconds: float,
         fallback: Callable[[], Backend | None] | None = None,
+        sampling: SamplingDefaults | None = None,
         *,
         template: str | None = None,
         system: str | None = None,
@@ -52,6 +54,8 @@ class Model:
     ) -> None:
         self._backend = backend
         self.defaults = defaults
+        # Where each default sampling value came from (`--verbose` prints `sampling.summary()`).
+        self.sampling = sampling or SamplingDefaults({k: getattr(defaults, k) for k in OPTIONS})
         self.load_seconds = load_seconds
         # A created model's own settings (`aipc create`): a chat template used instead of the model's, a system
         # prompt for requests that bring none, and a lower cap on prompt + answer tokens.
@@ -447,19 +451,30 @@ def load(
     model: str | None = None,
     backend: str = "auto",
     device: str = "auto",
+    *,
+    sampling: dict[str, Any] | None = None,
     **load_options: Any,
 ) -> Model:
     """Open `model` (a catalog name or a path; None is the embedded default) on the best or chosen device.
 
+    Load options are `LoadConfig`'s (`context_length=N`, `kv_cache="q8"`, ...). Requests sample with the model's
+    defaults (`aipc.engine.defaults`) unless they say otherwise; `sampling` replaces some of those defaults
+    for every request (`sampling={"repetition_penalty": 1.2}`).
     If the best choice fails to load or compile, the next is tried, and the reason is logged in one line."""
     from aipc.backends import registry
+    from aipc.engine import defaults as sampling_defaults
     from aipc.store.resolve import resolve_all
 
     config = LoadConfig(backend=backend, device=device, **load_options)
+    overrides = {k: v for k, v in (sampling or {}).items() if v is not None}
+    GenerationConfig().updated(**overrides)  # a bad value fails before the (slow) load
     started = time.perf_counter()
     choices = registry.candidates(resolve_all(model), config)
     opened, source = _open_first(choices, config)
-    defaults = GenerationConfig().updated(**source.defaults)
+    resolved = sampling_defaults.resolve(source)
+    resolved = SamplingDefaults({**resolved.values, **overrides}, resolved.origins, resolved.model, overrides)
+    # A created model's other parameters (stop, seed, max_tokens: `aipc create`) apply as they are.
+    defaults = GenerationConfig().updated(**{**source.defaults, **resolved.values})
     fallback = None
     if opened.info.device.startswith("npu"):
 
@@ -476,6 +491,7 @@ def load(
         defaults,
         time.perf_counter() - started,
         fallback,
+        resolved,
         template=source.template,
         system=source.system,
         context_length=source.context_length,

@@ -228,7 +228,16 @@ class ModelPool:
         import aipc
 
         s = self.settings
-        return aipc.load(name, backend=s.backend, device=s.device, parallel=s.parallel, speculate=s.speculate)
+        return aipc.load(
+            name,
+            backend=s.backend,
+            device=s.device,
+            parallel=s.parallel,
+            context_length=s.context_length,
+            kv_cache=s.kv_cache,
+            speculate=s.speculate,
+            sampling={"repetition_penalty": s.repetition_penalty},
+        )
 
     def _ready(self, entry: Entry, model: Any, grown: int, seconds: float) -> None:
         info = model.info

@@ -33,7 +33,12 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_messages: int = DEFAULT_MAX_MESSAGES
-    context_length: int | None = None  # prompt + completion tokens; None: what the model's files say, if anything
+    # Load options (LoadConfig): prompt + completion tokens (None: the model's trained context, capped to fit
+    # free memory) and the KV cache's element type (None: the runtime's own).
+    context_length: int | None = None
+    kv_cache: str | None = None
+    # The default repetition penalty of requests that do not set one (None: the model's default).
+    repetition_penalty: float | None = None
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
     verbose: bool = False
     # How long an idle model stays loaded, in seconds; None keeps it until it must make room.
@@ -47,10 +52,21 @@ class ServerSettings:
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with one line (exit code 2), before the slow model load."""
-        from aipc.engine.config import LoadConfig
+        from aipc.engine.config import GenerationConfig, LoadConfig
         from aipc.server.security import is_loopback, normalize_origin
 
-        LoadConfig(backend=self.backend, device=self.device, parallel=max(self.parallel, 1), speculate=self.speculate)
+        if self.context_length is not None:
+            _positive("--context-length", self.context_length)
+        LoadConfig(
+            backend=self.backend,
+            device=self.device,
+            parallel=max(self.parallel, 1),
+            context_length=self.context_length,
+            kv_cache=self.kv_cache,
+            speculate=self.speculate,
+        )
+        if self.repetition_penalty is not None:
+            GenerationConfig(repetition_penalty=self.repetition_penalty)
         if not is_loopback(self.host) and not self.api_key:
             raise UsageError(
                 f"refusing to listen on {self.host} without an API key: anyone who can reach it could use the "
@@ -63,8 +79,6 @@ class ServerSettings:
         _positive("--max-messages", self.max_messages)
         if self.max_queue < 0:
             raise UsageError(f"--max-queue must be >= 0, got {self.max_queue}")
-        if self.context_length is not None:
-            _positive("--context-length", self.context_length)
         if not self.drain_timeout >= 0:
             raise UsageError(f"--drain-timeout must be >= 0 seconds, got {self.drain_timeout}")
         _positive("--max-loaded", self.max_loaded)

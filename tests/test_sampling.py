@@ -1,0 +1,54 @@
+"""aipc's own sampler (llama.cpp's backend samples with it): the repetition penalty, temperature, top_k, top_p and
+draws mean what GenerationConfig says, and transformers agrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aipc.backends.sampling import Sampler
+from aipc.engine.config import GenerationConfig
+
+
+def test_the_penalty_covers_the_prompt_and_the_answer_ctrl_style():
+    logits = np.array([3.0, 2.9, -1.0, 0.5, 2.05], dtype=np.float32)
+    greedy = GenerationConfig(temperature=0, repetition_penalty=1.5)
+    # Token 0 is in the prompt: 3.0 / 1.5 = 2.0 loses to token 1 (2.9).
+    sample = Sampler(greedy, [0, 2], vocab_size=5)
+    assert sample(logits) == 1
+    # Token 1 is now in the answer too: 2.9 / 1.5 = 1.93 loses to token 4 (2.05), which is not penalised.
+    assert sample(logits) == 4
+    # Negative logits are multiplied (more negative), never divided towards zero.
+    negative = np.array([-1.0, -1.2], dtype=np.float32)
+    assert Sampler(greedy, [0], vocab_size=2)(negative) == 1  # -1.5 < -1.2
+    # 1.0 turns it off.
+    assert Sampler(GenerationConfig(temperature=0, repetition_penalty=1.0), [0, 2], vocab_size=5)(logits) == 0
+
+
+def test_top_k_and_top_p_keep_what_transformers_keeps():
+    torch = pytest.importorskip("torch", reason="transformers is the reference for the filters")
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=64).astype(np.float32) * 3
+    config = GenerationConfig(temperature=0.7, top_k=10, top_p=0.8, repetition_penalty=1.0, seed=0)
+    scores = torch.tensor(logits)[None]
+    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(10), TopPLogitsWarper(0.8)):
+        scores = warper(None, scores)
+    allowed = set(np.flatnonzero(np.isfinite(scores[0].numpy())).tolist())
+    drawn = {Sampler(config.updated(seed=s), [], vocab_size=64)(logits) for s in range(400)}
+    assert drawn == allowed  # every token transformers keeps is drawn sometimes, and nothing else
+
+
+def test_a_seed_repeats_its_draws_and_no_seed_varies():
+    logits = np.zeros(1000, dtype=np.float32)
+    config = GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=42)
+
+    def draws(cfg):
+        sample = Sampler(cfg, [], vocab_size=1000)
+        return [sample(logits) for _ in range(20)]
+
+    assert draws(config) == draws(config)
+    assert draws(config.updated(seed=43)) != draws(config)
+    unseeded = GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    assert draws(unseeded) != draws(unseeded)
