@@ -167,3 +167,20 @@ def test_torch_refuses_penalties_and_logit_bias_by_name(phi3_fixtures):
         for option in ({"presence_penalty": 1.0}, {"logit_bias": {1: 5}}):
             with pytest.raises(UsageError, match=next(iter(option))):
                 list(model.stream(PROMPT, raw=True, max_tokens=2, **option))
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "openvino"])
+def test_the_end_token_that_stops_a_generation_has_its_log_prob(backend):
+    """It has no text, so no delta carries it; `Done.end_logprob` does (what the completions API reports)."""
+    with aipc.load("smollm2:135m", backend=backend, device="cpu") as model:
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        prompt = model.encode(messages) + model.tokenize("The capital of France is Paris.")
+        events = list(model.stream(prompt, raw=True, temperature=0, max_tokens=8, logprobs=2))
+        done = events[-1]
+        assert done.finish_reason == "stop", [e.text for e in events[:-1]]
+        end = done.end_logprob
+        assert end is not None and end.id == done.token_ids[-1] and len(end.top) == 2
+        row = model.scorer().next_token_logprobs(prompt + list(done.token_ids))[len(prompt) + len(done.token_ids) - 2]
+        assert end.logprob == pytest.approx(float(row[end.id]), abs=TOLERANCE[backend] + 0.05)
+        plain = list(model.stream(prompt, raw=True, temperature=0, max_tokens=8))[-1]
+        assert plain.finish_reason == "stop" and plain.end_logprob is None  # only when log-probs are asked for

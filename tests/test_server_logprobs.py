@@ -160,6 +160,25 @@ def test_a_batch_of_prompts_gets_a_choice_each(http, model):
     assert [len(c["logprobs"]["tokens"]) for c in choices] == [len(p) + 1 for p in prompts]
 
 
+def test_a_completion_that_ends_at_the_end_token_reports_its_log_prob(http, model):
+    """As vLLM: the end-of-sequence token that stopped a completion has an entry (no text), so an evaluation
+    harness that reads the one generated token after an echoed prompt still finds it, whole or streamed."""
+    ids = model.encode(MESSAGES) + model.tokenize("The capital of France is Paris.")  # the end comes next
+    body = {"prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+    choice = http.post("/v1/completions", json=body).json()["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["text"] == model.detokenize(ids)
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(ids) + 1
+    assert lp["text_offset"][-1] == len(choice["text"])
+    (end,) = model.tokenize(lp["tokens"][-1])  # a control token's string is that control token
+    expected = model.prompt_logprobs([*ids, end])[-1].logprob
+    assert lp["token_logprobs"][-1] == pytest.approx(expected, abs=1e-3)
+    with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
+        events = [e for e in sse_data(r.iter_lines()) if e != "[DONE]"]
+    last = events[-1]["choices"][0]
+    assert last["finish_reason"] == "stop" and last["logprobs"]["tokens"] == lp["tokens"][-1:]
+
+
 def test_streamed_completion_logprobs(http):
     body = {"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0, "logprobs": 1, "stream": True}
     with http.stream("POST", "/v1/completions", json=body) as r:

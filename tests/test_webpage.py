@@ -534,7 +534,12 @@ def test_an_unreachable_server_is_named_and_the_page_recovers_when_it_returns(br
 def test_while_the_model_loads_the_page_says_so_then_becomes_ready(browser, model):
     # lifespan off: nothing starts the load, so the server stays "loading" until the test hands it the model.
     with LiveServer(ServerSettings(), lifespan="off") as live:
-        live.state.owns_model = False  # the session's model: this server must not close it
+        state = live.state
+
+        def hand_over():  # the session's model, served as the default one: the server must not close it
+            state.pool.add_external(model, {state.default_model})
+            state.preloaded = True
+
         o = Opened(browser, live.url, ready=False)
         try:
             page = o.page
@@ -542,7 +547,7 @@ def test_while_the_model_loads_the_page_says_so_then_becomes_ready(browser, mode
             expect(page.locator("#banner")).to_contain_text("Loading the model")
             assert not page.is_enabled("#send")
             loop = live.server.servers[0].get_loop()
-            loop.call_soon_threadsafe(live.state._ready, model)
+            loop.call_soon_threadsafe(hand_over)
             expect(page.locator("#status")).to_have_text("ready", timeout=15_000)
             assert page.locator("#banner").is_hidden() and page.is_enabled("#send")
             assert o.script_errors() == []

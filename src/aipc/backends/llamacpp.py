@@ -193,6 +193,7 @@ class LlamaCppModel:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced: list[int] = []
         reason = "length"
+        end_logprob = None
         seeded = config.seed is not None and not config.greedy
         k = config.logprobs
         # Log-probs read the context's last logits row, which is the sampled token's only when one token is
@@ -212,13 +213,14 @@ class LlamaCppModel:
                     sampler.accept(token)
                 if stepper is not None:
                     stepper.push(token)
-                if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
-                    reason = "stop"
-                    break
                 logprob = ()
                 if k is not None:  # the logits this token was sampled from: the context's last row, before eval
                     raw = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
                     logprob = (logprobs_from_logits(np.ctypeslib.as_array(raw, shape=(n_vocab,)), token, k),)
+                if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
+                    reason = "stop"
+                    end_logprob = logprob[0] if logprob else None
+                    break
                 # One token at a time; the incremental UTF-8 decoder joins multi-byte characters split across
                 # tokens (llama-cpp-python's tokenizer ignores prev_tokens, so none are kept).
                 text = decoder.decode(self._llm.detokenize([token]))
@@ -236,7 +238,9 @@ class LlamaCppModel:
         if stepper is not None:
             stepper.finish()
             counts = stepper.counts
-        yield Finished(reason, n_prompt, len(produced), end, tuple(produced), counts.drafted, counts.accepted)
+        yield Finished(
+            reason, n_prompt, len(produced), end, tuple(produced), counts.drafted, counts.accepted, end_logprob
+        )
 
     def _stages(self, config: GenerationConfig, sampler: Sampler, grammar: llama_cpp.LlamaGrammar | None) -> dict:
         """`Llama.generate`'s sampling arguments. Without a grammar aipc's sampler picks the token (see the

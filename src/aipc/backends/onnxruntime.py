@@ -177,6 +177,7 @@ class OnnxRuntimeModel:
         produced: list[int] = []
         times: list[float] = []
         reason = "length"
+        end_logprob = None
         bias = _bias_arrays(config.logit_bias)
         while not generator.is_done():
             if cancel.is_set():
@@ -192,10 +193,11 @@ class OnnxRuntimeModel:
             times.append(_now())
             generated += 1
             produced.append(token)
+            logprob = (logprobs_from_logits(logits, token, k),) if k is not None else ()
             if token in self._stop_ids and not config.ignore_eos:
                 reason = "stop"
+                end_logprob = logprob[0] if logprob else None
                 break
-            logprob = (logprobs_from_logits(logits, token, k),) if k is not None else ()
             text = stream.decode(token)
             if text or logprob:
                 yield TextDelta(text, times[-1], logprob)
@@ -205,7 +207,7 @@ class OnnxRuntimeModel:
             reason = "stop" if generated < max_tokens else "length"
         end = _now()
         counts = self._settle(kind, ids, produced, times, before, generator)
-        yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted)
+        yield Finished(reason, n_prompt, generated, end, tuple(produced), counts.drafted, counts.accepted, end_logprob)
 
     def _speculation(self, ids, seeded: bool = False, reads_logits: bool = False) -> tuple[str, dict | None]:
         """(kind of request, the speculative options for it, or None for plain decoding). A request that reads or

@@ -73,6 +73,8 @@ class Done:
     device: str
     token_ids: tuple[int, ...] = ()  # the generated ids (end-of-turn token included), for parity and eval
     model: str = ""  # what ran: `name@variant` for a stored variant, else the model's name
+    # With `logprobs`: the end-of-sequence token that stopped the generation, which has no text (None otherwise).
+    end_logprob: TokenLogprob | None = None
     # Speculative decoding: draft tokens the model checked, and how many it accepted (0, 0 without speculation).
     drafted: int = 0
     accepted: int = 0
@@ -89,6 +91,7 @@ class Finished:
     token_ids: tuple[int, ...] = ()
     drafted: int = 0
     accepted: int = 0
+    end_logprob: TokenLogprob | None = None  # see `Done.end_logprob`
 
 
 Event = TextDelta | ToolCall | Done

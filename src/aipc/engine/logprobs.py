@@ -9,6 +9,7 @@ re-splits the answer into one delta per token. Prompt log-probs (`echo`) always 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -86,13 +87,17 @@ def scored_after(
         t += len(d.text)
         ends.append((t, d.t))
     sent = 0
+    last_streamed = False
     for piece, group in _pieces(ids, detokenize):
-        if not piece or not text.startswith(piece, sent):
+        last_streamed = bool(piece) and text.startswith(piece, sent)
+        if not last_streamed:
             continue  # a control token (end of turn) whose string the runtime does not stream
         sent += len(piece)
         yield TextDelta(piece, _time_at(ends, sent, finished.t), tuple(tokens[i] for i in group))
     if sent < len(text):
         yield TextDelta(text[sent:], deltas[-1].t, ())
+    if finished.finish_reason == "stop" and not last_streamed:  # it stopped at an end token
+        finished = dataclasses.replace(finished, end_logprob=tokens[-1])
     yield finished
 
 

@@ -297,6 +297,7 @@ class Model:
             device=info.device,
             token_ids=finished.token_ids,
             model=info.ref or info.name,
+            end_logprob=None if stopped else finished.end_logprob,
             drafted=finished.drafted,
             accepted=finished.accepted,
         )

@@ -259,6 +259,8 @@ class _Shape:
                 parts.append(lp.prompt(prepared.prompt_logprobs, prepared.ids))
                 lp.offset = len(prepared.echo)
             parts += [lp.generated(d.tokens, d.text) for d in deltas]
+            if done.end_logprob is not None:  # as vLLM: the end token that stopped it, with no text of its own
+                parts.append(lp.generated((done.end_logprob,), ""))
             logprobs = merge(parts)
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}, done
 
@@ -314,7 +316,7 @@ class _Shape:
                         elif isinstance(event, ToolCall):
                             out.append(self._call(index, event))
                         elif isinstance(event, Done):
-                            out.append(self._end(index, event))
+                            out.append(self._end(index, event, lp))
                             completion_tokens += event.usage.completion_tokens
                     if out:
                         yield b"".join(out)
@@ -358,12 +360,13 @@ class _Shape:
             for part in (head, body)
         )
 
-    def _end(self, index: int, done: Done) -> bytes:
+    def _end(self, index: int, done: Done, lp: CompletionLogprobs | None = None) -> bytes:
         reason = _finish_reason(done)
         if self.chat:
             choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
         else:
-            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
+            end = lp.generated((done.end_logprob,), "") if lp is not None and done.end_logprob is not None else None
+            choice = {"index": index, "text": "", "logprobs": end, "finish_reason": reason}
         return self._event({"choices": [choice]} | ({"usage": None} if self.include_usage else {}))
 
 
