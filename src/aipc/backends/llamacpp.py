@@ -43,7 +43,7 @@ from aipc.engine import context as ctx_policy
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.engine.logprobs import logprobs_from_logits
-from aipc.errors import GenerationError, UsageError
+from aipc.errors import UsageError
 from aipc.store.resolve import ModelSource
 
 # Tokens per prompt-evaluation step (llama.cpp's n_batch and n_ubatch), and the granularity of KV-cache reuse.
@@ -185,11 +185,11 @@ class LlamaCppModel:
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
-        grammar = self._grammar(config.json_schema) if config.json_schema is not None else None
         ids = [int(i) for i in prompt]
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._ctx, config.max_tokens)
         sampler = Sampler(config, ids, self._n_vocab)
+        chooser = self._choose_with(sampler, config.json_schema)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced: list[int] = []
         reason = "length"
@@ -198,10 +198,17 @@ class LlamaCppModel:
         k = config.logprobs
         # Log-probs read the context's last logits row, which is the sampled token's only when one token is
         # checked per step: a request that asks for them (or constrains with a grammar) is decoded without drafts.
-        paused = k is not None or grammar is not None
+        paused = k is not None or config.json_schema is not None
         stepper = self._drafter.start(ids, seeded, paused=paused) if self._drafter is not None else None
         self._keep_chunks(ids)
-        tokens = self._llm.generate(ids, repeat_penalty=1.0, reset=True, **self._stages(config, sampler, grammar))
+        tokens = self._llm.generate(
+            ids,
+            temp=0.0,
+            top_k=1,
+            repeat_penalty=1.0,
+            logits_processor=llama_cpp.LogitsProcessorList([chooser]),
+            reset=True,
+        )
         n_vocab = self._n_vocab
         try:
             for token in tokens:
@@ -209,8 +216,6 @@ class LlamaCppModel:
                 if not produced:  # the prompt is in: its whole chunks can serve the next prompt
                     self._canonical = ids[: n_prompt // PREFILL_CHUNK * PREFILL_CHUNK]
                 produced.append(token)
-                if grammar is not None:  # llama.cpp drew it: the sampler counts it for its penalties
-                    sampler.accept(token)
                 if stepper is not None:
                     stepper.push(token)
                 logprob = ()
@@ -233,6 +238,9 @@ class LlamaCppModel:
                     break
         finally:
             tokens.close()
+            close = getattr(chooser, "close", None)
+            if close is not None:
+                close()
         end = _now()
         counts = speculate.Counts()
         if stepper is not None:
@@ -242,36 +250,14 @@ class LlamaCppModel:
             reason, n_prompt, len(produced), end, tuple(produced), counts.drafted, counts.accepted, end_logprob
         )
 
-    def _stages(self, config: GenerationConfig, sampler: Sampler, grammar: llama_cpp.LlamaGrammar | None) -> dict:
-        """`Llama.generate`'s sampling arguments. Without a grammar aipc's sampler picks the token (see the
-        module's docstring) and llama.cpp's stages are neutral. With one, the grammar must see every candidate
-        before anything narrows them (a top_k or top_p that ran first could leave it none it allows), and it runs
-        after the logits processors: aipc's sampler then only penalizes and divides by the temperature, and
-        llama.cpp's grammar, top_k, top_p and seeded draw follow, at temperature 1."""
-        if grammar is None:
-            return {"temp": 0.0, "top_k": 1, "logits_processor": llama_cpp.LogitsProcessorList([_chooser(sampler)])}
-        shape = llama_cpp.LogitsProcessorList([_penalizer(sampler)])
-        if config.greedy:
-            return {"temp": 0.0, "top_k": 1, "logits_processor": shape, "grammar": grammar}
-        if config.seed is not None:
-            self._llm.set_seed(config.seed)
-        picks = {"top_k": config.top_k, "top_p": config.top_p, "min_p": 0.0, "typical_p": 1.0}
-        return {"temp": 1.0, **picks, "logits_processor": shape, "grammar": grammar}
+    def _choose_with(self, sampler: Sampler, schema: str | None):
+        """`Llama.generate`'s one logits processor: aipc's sampler picks the token (see the module's docstring),
+        under the request's JSON Schema when it has one; llama.cpp's own stages are neutral."""
+        if schema is None:
+            return _chooser(sampler)
+        from aipc.backends.llamacpp_grammar import ConstrainedChooser, gbnf_grammar
 
-    @staticmethod
-    def _grammar(schema: str) -> llama_cpp.LlamaGrammar:
-        """llama.cpp's GBNF grammar for a JSON Schema (llama-cpp-python's converter), made per request: its
-        sampler state is consumed by the generation."""
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-        try:
-            gbnf = json_schema_to_gbnf(schema)
-            # The converter's string characters admit raw control characters, which JSON forbids inside
-            # strings; llama.cpp's own C++ converter excludes them, as here.
-            gbnf = gbnf.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
-            return llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
-        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise GenerationError(f"llama.cpp cannot use this JSON schema: {exc}") from None
+        return ConstrainedChooser(self._llm._model.vocab, gbnf_grammar(schema), sampler, self._n_vocab)
 
     def scorer(self) -> LlamaCppScorer:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same
@@ -303,16 +289,6 @@ def _chooser(sampler: Sampler):
         return scores
 
     return choose
-
-
-def _penalizer(sampler: Sampler):
-    """aipc's penalties and temperature as llama-cpp-python's logits processor, for a chain that draws itself."""
-
-    def shape(input_ids, scores):
-        scores[:] = sampler.penalized(scores) / sampler.temperature
-        return scores
-
-    return shape
 
 
 class LlamaCppScorer:

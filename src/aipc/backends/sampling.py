@@ -44,10 +44,13 @@ class Sampler:
         self._rng = np.random.default_rng(config.seed)
 
     def __call__(self, logits: np.ndarray) -> int:
-        x = self.penalized(logits)
-        token = int(np.argmax(x)) if self._greedy else self._draw(x)
+        token = self.pick(self.penalized(logits))
         self.accept(token)
         return token
+
+    def pick(self, x: np.ndarray) -> int:
+        """The token drawn from penalized logits (see `penalized`), not yet counted into the sequence."""
+        return int(np.argmax(x)) if self._greedy else self._draw(x)
 
     def penalized(self, logits: np.ndarray) -> np.ndarray:
         """The logits after OpenAI's shaping and the repetition penalty: what temperature, top_k and top_p see."""
@@ -60,14 +63,10 @@ class Sampler:
         return x
 
     def accept(self, token: int) -> None:
-        """Counts a token into the sequence, when something else drew it (see `penalized`)."""
+        """Counts a drawn token into the sequence."""
         if 0 <= token < self._seen.size:
             self._seen[token] = True
         self._produced.append(token)
-
-    @property
-    def temperature(self) -> float:
-        return 1.0 if self._greedy else self._temperature
 
     def _draw(self, x: np.ndarray) -> int:
         x = x / self._temperature
