@@ -79,7 +79,7 @@ def test_embedded_model_defaults_and_the_verbose_line():
 
 
 def test_load_takes_sampling_overrides_and_checks_them_first():
-    with pytest.raises(InvalidConfigError, match="repetition_penalty must be a number > 0"):
+    with pytest.raises(InvalidConfigError, match="repetition_penalty must be a finite number > 0"):
         import aipc
 
         aipc.load("smollm2:135m", sampling={"repetition_penalty": 0})
@@ -173,7 +173,7 @@ def test_verbose_says_the_sampling_and_repeat_penalty_overrides_it():
     [
         (["--kv-cache", "q4"], "kv_cache must be one of f32, f16, q8"),
         (["--context-length", "8"], "context_length must be an integer >= 16"),
-        (["--repeat-penalty", "0"], "repetition_penalty must be a number > 0"),
+        (["--repeat-penalty", "0"], "repetition_penalty must be a finite number > 0"),
     ],
 )
 def test_bad_load_and_sampling_options_are_one_line_exit_2(args, fragment):
