@@ -52,3 +52,39 @@ def test_a_seed_repeats_its_draws_and_no_seed_varies():
     assert draws(config.updated(seed=43)) != draws(config)
     unseeded = GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
     assert draws(unseeded) != draws(unseeded)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"temperature": 0},
+        {"temperature": 0.7, "top_k": 40, "top_p": 0.9},
+        {"temperature": 1.0, "top_k": 0, "top_p": 0.8},
+        {"temperature": 0.5, "top_k": 5, "top_p": 1.0},
+        {"temperature": 1.3, "top_k": 0, "top_p": 1.0},
+    ],
+)
+def test_a_draw_from_a_shortlist_is_the_draw_from_the_whole_vocabulary(options):
+    """`pick_known` (llama.cpp's grammar checks only the most likely tokens first) settles a draw only when it is
+    the draw `pick` makes with every disallowed token at -inf, from the same random state; and it settles most."""
+    rng = np.random.default_rng(0)
+    config = GenerationConfig(seed=3, **options)
+    settled = 0
+    for trial in range(400):
+        vocab, short = 600, 64
+        x = (rng.standard_normal(vocab) * rng.uniform(0.5, 4)).astype(np.float32)
+        allowed = rng.random(vocab) < rng.choice([0.01, 0.05, 0.5, 0.95])
+        allowed[rng.integers(vocab)] = True
+        full, part = Sampler(config, [], vocab), Sampler(config, [], vocab)
+        expected = full.pick(np.where(allowed, x, -np.inf).astype(np.float32))
+        ids = np.argpartition(-x, short - 1)[:short]
+        got = part.pick_known(x, ids[allowed[ids]], ids)
+        if got is not None:
+            settled += 1
+            assert got == expected, (trial, options)
+    if options["temperature"] == 0 or options["top_k"]:
+        assert settled >= 100, settled
+    elif options["top_p"] < 1:  # flat random logits: the unchecked tokens' mass often could move the nucleus
+        assert settled >= 10, settled
+    else:  # with top_p 1 and no top_k every allowed token is a candidate: never settled without a full check
+        assert settled == 0

@@ -4,7 +4,11 @@ llama-cpp-python puts the grammar in its sampler chain, where it checks every to
 step (49k for SmolLM2): that costs about 40% of decode speed. llama.cpp's `common_sampler` does better: it samples
 first, asks the grammar about that one token, and only when the grammar rejects it checks the whole vocabulary and
 samples again from what is allowed. The same here, around aipc's sampler (`aipc.backends.sampling`), as the one
-logits processor of `Llama.generate`: llama.cpp's chain then just takes the token it leaves.
+logits processor of `Llama.generate`: llama.cpp's chain then just takes the token it leaves. A rejection first
+checks a shortlist, the SHORTLIST most likely tokens: every token outside it is less likely than all inside, so
+when the allowed ones inside settle the draw (`Sampler.pick_known`: the best one when greedy; when sampling, the
+top_k candidates, or a top_p nucleus that no mass from outside could change), it is the draw a full check would
+give; otherwise the whole vocabulary is checked.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from aipc.backends.sampling import Sampler
 from aipc.errors import GenerationError
 
+SHORTLIST = 1024
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
 
 
@@ -48,15 +53,16 @@ class ConstrainedChooser:
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
         self._all = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._all["id"] = np.arange(n_vocab, dtype=np.intc)
-        self.full_checks = 0  # steps where the sampled token was rejected and the whole vocabulary was checked
+        self._short = np.zeros(min(SHORTLIST, n_vocab), dtype=_TOKEN_DATA)
+        self.rejected = 0  # steps whose first draw the grammar rejected
+        self.full_checks = 0  # of those, steps that checked the whole vocabulary
 
     def __call__(self, input_ids, scores: np.ndarray) -> np.ndarray:
         x = self._sampler.penalized(scores)
         token = self._sampler.pick(x)
         if not self._allows(token, x[token]):
-            self.full_checks += 1
-            x = np.where(self._allowed(), x, -np.inf).astype(np.float32)
-            token = self._sampler.pick(x)
+            self.rejected += 1
+            token = self._redraw(x)
         self._sampler.accept(token)
         llama_cpp.llama_sampler_accept(self._grammar, token)
         scores[:] = -np.inf
@@ -74,6 +80,19 @@ class ConstrainedChooser:
         self._one["logit"] = logit if np.isfinite(logit) else 0.0
         self._apply(self._one)
         return bool(np.isfinite(self._one["logit"][0]))
+
+    def _redraw(self, x: np.ndarray) -> int:
+        """The draw again, from the tokens the grammar allows (see the module's docstring for the shortlist)."""
+        short = self._short
+        ids = np.argpartition(-x, short.size - 1)[: short.size] if short.size < x.size else np.arange(x.size)
+        short["id"] = ids
+        short["logit"] = 0.0
+        self._apply(short)
+        token = self._sampler.pick_known(x, ids[np.isfinite(short["logit"])], ids)
+        if token is not None:
+            return token
+        self.full_checks += 1
+        return self._sampler.pick(np.where(self._allowed(), x, -np.inf).astype(np.float32))
 
     def _allowed(self) -> np.ndarray:
         self._all["logit"] = 0.0

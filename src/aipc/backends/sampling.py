@@ -68,6 +68,48 @@ class Sampler:
             self._seen[token] = True
         self._produced.append(token)
 
+    def pick_known(self, x: np.ndarray, known: np.ndarray, checked: np.ndarray) -> int | None:
+        """The token `pick` would draw from `x` with all but the allowed tokens at -inf, knowing which of the
+        `checked` tokens, the most likely ones, are allowed (`known`), and nothing of the rest; None when that does
+        not settle the draw. Greedy: the best known one. Sampling: settled when the known ones hold the top_k
+        candidates, or when the top_p nucleus is the same whatever mass the unchecked tokens could add (up to
+        rounding in the final normalisation)."""
+        if known.size == 0:
+            return None
+        if self._greedy:
+            return int(known[np.argmax(x[known])])
+        k = self._top_k if 0 < self._top_k < x.size else 0
+        order = known[np.argsort(-(x[known] / self._temperature), kind="stable")]
+        if k and order.size >= k:
+            order, unknown = order[:k], 0
+        elif self._top_p >= 1.0 and checked.size < x.size:
+            return None  # every unknown allowed token would be a candidate
+        else:
+            unknown = checked.size < x.size
+        z = (x[order] / self._temperature).astype(np.float64)
+        probs = np.exp(z - z[0])
+        total = probs.sum()
+        keep = probs.size
+        if self._top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs / total), self._top_p)) + 1
+            if unknown:
+                most = total + self._unchecked_mass(x, checked, k - order.size if k else 0, z[0])
+                if keep > probs.size or int(np.searchsorted(np.cumsum(probs / most), self._top_p)) + 1 != keep:
+                    return None
+        probs = probs / total
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        return int(order[self._rng.choice(order.size, p=probs)])
+
+    def _unchecked_mass(self, x: np.ndarray, checked: np.ndarray, n: int, top: float) -> float:
+        """An upper bound on the unnormalised probability the unchecked tokens could add (relative to `top`, the
+        best known one's scaled logit): the n most likely of them when top_k limits the candidates, else all."""
+        rest = np.ones(x.size, dtype=bool)
+        rest[checked] = False
+        z = x[rest].astype(np.float64) / self._temperature - top
+        if n and n < z.size:
+            z = np.partition(z, z.size - n)[z.size - n :]
+        return float(np.exp(z).sum())
+
     def _draw(self, x: np.ndarray) -> int:
         x = x / self._temperature
         ids = np.arange(x.size)
