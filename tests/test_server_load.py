@@ -163,3 +163,36 @@ def test_batched_pipeline_matches_the_single_pipeline(batched, model):
     events = batched_model.stream("Write a long story.", temperature=0, max_tokens=3)
     *_, done = events
     assert done.finish_reason == "length" and done.usage.completion_tokens == 3
+
+
+def test_batched_answers_carry_log_probs_and_tool_calls(batched):
+    """The batched pipeline reports the ids it generated (log-probs are scored from them) and streams control
+    tokens, so tool-call markup reaches the engine as it does without batching."""
+    client = OpenAI(base_url=batched.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(
+        model="smollm2:135m", messages=messages, temperature=0, max_tokens=12, logprobs=True, top_logprobs=2
+    )
+    content = reply.choices[0].logprobs.content
+    assert content and "".join(c.token for c in content) == reply.choices[0].message.content
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for stream in (False, True):
+        kwargs = {"model": "smollm2:135m", "messages": ask, "tools": [weather], "temperature": 0, "max_tokens": 60}
+        forced = {"type": "function", "function": {"name": "get_weather"}}
+        if stream:
+            parts = list(client.chat.completions.create(**kwargs, tool_choice=forced, stream=True))
+            calls = [c for p in parts if p.choices for c in (p.choices[0].delta.tool_calls or [])]
+            assert calls and calls[0].function.name == "get_weather"
+            assert parts[-1].choices[0].finish_reason == "tool_calls"
+        else:
+            choice = client.chat.completions.create(**kwargs, tool_choice=forced).choices[0]
+            assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "get_weather"
+            assert "city" in json.loads(choice.message.tool_calls[0].function.arguments)
+            assert "<tool_call>" not in (choice.message.content or "")

@@ -7,7 +7,7 @@ static pipeline cannot batch, so there the registry keeps the single `LLMPipelin
 
 One scheduler thread owns the pipeline. `generate` hands it a request and reads that request's queue; the
 thread adds waiting requests, calls `step()` (which releases the GIL), and turns each request's new token ids
-into text with OpenVINO's own `TextStreamer`, the same detokenizer `LLMPipeline` streams through. A request
+into text with OpenVINO's own `TextStreamer` (control tokens kept, as `LLMPipeline` streams them here). A request
 whose `cancel` is set is dropped from the batch before the next step, and its consumer returns only once the
 thread has let go of it.
 """
@@ -33,6 +33,7 @@ from aipc.backends.openvino import (
     pipeline_properties,
     token_inputs,
 )
+from aipc.backends.openvino_speculate import text_streamer
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.errors import GenerationError
@@ -80,7 +81,7 @@ class _Request:
         self.released = threading.Event()  # set once the scheduler thread has let go of this request
         self.handle = None
         self.streamer = None
-        self.tokens = 0
+        self.tokens: list[int] = []  # the generated ids, end-of-turn included (log-probs score them)
         self.reason = "stop"
 
     def on_text(self, text: str) -> bool:
@@ -91,7 +92,7 @@ class _Request:
         if self.streamer is not None and reason != "cancelled":
             self.streamer.end()  # flushes text held back for an incomplete character
         self.handle = self.streamer = None
-        self.out.put(Finished(reason, self.n_prompt, self.tokens, _now()))
+        self.out.put(Finished(reason, self.n_prompt, len(self.tokens), _now(), tuple(self.tokens)))
         self.out.put(_END)
         self.released.set()
 
@@ -211,7 +212,8 @@ class OpenVINOBatchedModel(OpenVINOModel):
         except RuntimeError as exc:
             request.fail(GenerationError(f"OpenVINO could not start the generation: {_last_line(exc)}"))
             return
-        request.streamer = ov_genai.TextStreamer(self._tok, request.on_text)
+        # Control tokens are kept (tool-call markup is made of them); end-of-turn ids never reach the streamer.
+        request.streamer = text_streamer(self._tok, request.on_text)
         active[rid] = request
 
     def _collect(self, request: _Request) -> bool:
@@ -221,7 +223,7 @@ class OpenVINOBatchedModel(OpenVINOModel):
         while handle.can_read():
             for output in handle.read().values():
                 ids = list(output.generated_ids)
-                request.tokens += len(ids)
+                request.tokens += [int(i) for i in ids]
                 text_ids = [i for i in ids if i not in self._stop_ids]
                 if text_ids:
                     request.streamer.write(text_ids)
