@@ -287,3 +287,44 @@ def test_ollama_routes_need_the_api_key_when_one_is_set(model):
         ):
             r = httpx.request(method, live.url + path, json={"model": "x"}, timeout=30)
             assert r.status_code == 401, (path, r.text)
+
+
+def test_logprobs_through_the_ollama_client_whole_and_streamed(client, model):
+    """Ollama's `logprobs` and `top_logprobs`: one entry per generated token, whose texts make up the answer, each
+    with its alternatives, the same streamed as whole; and the values are the model's own."""
+    question = [{"role": "user", "content": "Name three colours."}]
+    options = {"temperature": 0, "num_predict": 12}
+    whole = client.chat(model=MODEL, messages=question, options=options, logprobs=True, top_logprobs=3)
+    entries = whole.logprobs
+    assert entries and "".join(e.token for e in entries) == whole.message.content
+    for e in entries:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[-1].logprob
+    parts = list(
+        client.chat(model=MODEL, messages=question, options=options, logprobs=True, top_logprobs=3, stream=True)
+    )
+    streamed = [e for p in parts for e in (p.logprobs or [])]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
+    generated = client.generate(
+        model=MODEL, prompt="The capital of France is", raw=True, options=options, logprobs=True
+    )
+    ids = model.tokenize("The capital of France is")
+    first = model.prompt_logprobs([*ids, *model.tokenize(generated.logprobs[0].token)])[len(ids)]
+    assert generated.logprobs[0].logprob == pytest.approx(first.logprob, abs=1e-3)
+    plain = client.chat(model=MODEL, messages=question, options=options)
+    assert plain.logprobs is None  # only when asked for
+
+
+def test_top_logprobs_out_of_range_is_a_400(http):
+    r = http.post(
+        "/api/chat",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "logprobs": True,
+            "top_logprobs": 21,
+            "stream": False,
+        },
+    )
+    assert r.status_code == 400 and "top_logprobs" in r.json()["error"]

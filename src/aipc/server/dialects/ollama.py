@@ -26,6 +26,7 @@ from aipc.engine.events import Done, TextDelta, ToolCall
 from aipc.errors import AipcError, InvalidConfigError
 from aipc.server import core, errors, library
 from aipc.server.dialects import ollama_protocol as protocol
+from aipc.server.dialects.openai_logprobs import TokenNames, chat_content
 from aipc.server.errors import APIError, json_bytes, to_api_error
 from aipc.server.pool import _UNSET
 from aipc.server.scheduler import EventPump
@@ -154,7 +155,8 @@ async def _generate(state: core.ServerState, request: Request, *, chat: bool) ->
     generation = await core.generate(state, request, entry, prepare, schema_param="format")
     if generation is None:
         return core.gone()
-    shape = _Shape(entry.name, chat=chat, started=started, load_s=load_s)
+    names = TokenNames(entry.model) if body.logprobs else None
+    shape = _Shape(entry.name, chat=chat, started=started, load_s=load_s, names=names)
     if body.stream:
         return core.StreamResponse(shape.stream(generation), generation.pump, NDJSON)
     events = await generation.collect(request)
@@ -174,8 +176,8 @@ def _refuse_unsupported(body: Any, *, chat: bool) -> None:
     """What aipc cannot honour yet is refused by name (tools and tool turns go to the engine)."""
     if body.think:
         raise APIError(400, "thinking is not supported by this model", param="think")
-    if body.logprobs or body.top_logprobs:
-        raise APIError(400, "logprobs are not supported yet", param="logprobs")
+    if body.top_logprobs is not None and not 0 <= body.top_logprobs <= 20:
+        raise APIError(400, f"top_logprobs must be from 0 to 20, got {body.top_logprobs}", param="top_logprobs")
     if chat:
         for i, m in enumerate(body.messages or []):
             if m.images:
@@ -226,6 +228,8 @@ def _options(body: Any) -> tuple[dict[str, Any], int | None, int | None]:
         "frequency_penalty": o.frequency_penalty or None,
         "stop": tuple(stop) if stop else None,
     }
+    if body.logprobs:  # as Ollama: top_logprobs counts only with logprobs
+        options["logprobs"] = body.top_logprobs or 0
     if isinstance(body.format, dict):
         options["json_schema"] = json.dumps(body.format)
     elif body.format == "json":
@@ -346,14 +350,19 @@ def _ns(seconds: float) -> int:
 class _Shape:
     """Ollama's response objects for one request: NDJSON lines as tokens come, or one object."""
 
-    def __init__(self, model: str, *, chat: bool, started: float, load_s: float) -> None:
+    def __init__(self, model: str, *, chat: bool, started: float, load_s: float, names: TokenNames | None) -> None:
         self.model = model
         self.chat = chat
         self.started = started
         self.load_s = load_s
+        self.names = names  # with `logprobs`: token ids -> text and bytes
         self._model_json = json.dumps(model, ensure_ascii=False)
 
-    def _chunk(self, text: str, created: str) -> bytes:
+    def _chunk(self, text: str, created: str, tokens: tuple = ()) -> bytes:
+        if self.names is not None:  # Ollama's `logprobs` list: one entry per token, the shape OpenAI's chat uses
+            body: dict[str, Any] = {"model": self.model, "created_at": created}
+            body |= {"message": {"role": "assistant", "content": text}} if self.chat else {"response": text}
+            return json_bytes(body | {"done": False, "logprobs": chat_content(tokens, self.names)}) + b"\n"
         content = json.dumps(text, ensure_ascii=False)
         body = f'"message":{{"role":"assistant","content":{content}}}' if self.chat else f'"response":{content}'
         return f'{{"model":{self._model_json},"created_at":"{created}",{body},"done":false}}\n'.encode()
@@ -363,7 +372,12 @@ class _Shape:
         return json_bytes({"model": self.model, "created_at": created, "message": message, "done": False}) + b"\n"
 
     def _final(
-        self, done: Done, prepared: core.Prepared, text: str = "", calls: list[ToolCall] | None = None
+        self,
+        done: Done,
+        prepared: core.Prepared,
+        text: str = "",
+        calls: list[ToolCall] | None = None,
+        tokens: list | None = None,
     ) -> dict[str, Any]:
         t = done.timings
         body: dict[str, Any] = {"model": self.model, "created_at": protocol.timestamp()}
@@ -374,6 +388,8 @@ class _Shape:
             body["message"] = message
         else:
             body["response"] = text
+        if self.names is not None and tokens is not None:
+            body["logprobs"] = chat_content(tokens, self.names)
         return body | {
             "done": True,
             "done_reason": done.finish_reason if done.finish_reason in ("stop", "length") else "stop",
@@ -386,9 +402,11 @@ class _Shape:
         }
 
     def whole(self, events: list[Any], prepared: core.Prepared) -> dict[str, Any]:
-        text = "".join(e.text for e in events if isinstance(e, TextDelta))
+        deltas = [e for e in events if isinstance(e, TextDelta)]
         done = next(e for e in events if isinstance(e, Done))
-        return self._final(done, prepared, text, [e for e in events if isinstance(e, ToolCall)])
+        calls = [e for e in events if isinstance(e, ToolCall)]
+        tokens = [t for d in deltas for t in d.tokens]
+        return self._final(done, prepared, "".join(d.text for d in deltas), calls, tokens)
 
     async def stream(self, generation: core.Generation) -> AsyncIterator[bytes]:
         try:
@@ -397,7 +415,7 @@ class _Shape:
                 out = []
                 for event in batch:
                     if isinstance(event, TextDelta):
-                        out.append(self._chunk(event.text, created))
+                        out.append(self._chunk(event.text, created, event.tokens))
                     elif isinstance(event, ToolCall):
                         out.append(self._calls([event], created))
                     elif isinstance(event, Done):
