@@ -136,6 +136,27 @@ def test_parallel_requests_generate_together_and_answer_right(batched):
     assert results[0][1] < results[1][2] and results[1][1] < results[0][2]
 
 
+def test_n_choices_generate_together_on_a_batching_server(batched):
+    """n > 1 in a whole response: the choices hold slots at once (batched by the runtime), and differ."""
+    body = chat_body("Write a short poem about the sea.", max_tokens=48) | {"n": 2, "temperature": 1.0, "seed": 7}
+    reply: dict = {}
+
+    def ask() -> None:
+        reply.update(httpx.post(batched.url + "/v1/chat/completions", json=body, timeout=120).json())
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    seen_running = 0
+    while thread.is_alive():
+        seen_running = max(seen_running, health(batched)["running"])
+        time.sleep(0.01)
+    thread.join()
+    texts = [c["message"]["content"] for c in reply["choices"]]
+    assert [c["index"] for c in reply["choices"]] == [0, 1] and all(texts) and texts[0] != texts[1], reply
+    assert 2 <= reply["usage"]["completion_tokens"] <= 2 * 48
+    assert seen_running == 2  # both choices held a slot at once
+
+
 def test_batched_disconnect_frees_the_slot_and_the_batch_goes_on(batched):
     leaving = RawStream(batched.url, "/v1/chat/completions", LONG_STORY)
     staying = RawStream(batched.url, "/v1/chat/completions", LONG_STORY | {"max_tokens": 60})

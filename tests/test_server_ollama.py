@@ -178,6 +178,9 @@ def test_ps_lists_the_loaded_model(client, http):
     running = {m.model: m for m in client.ps().models}
     m = running[MODEL]
     assert m.size > 0 and m.context_length == 8192 and m.expires_at is not None
+    listed = {t.model: t for t in client.list().models}[MODEL]
+    assert m.digest == listed.digest and m.details == listed.details  # as /api/tags describes it
+    assert m.details.family == "llama" and m.details.quantization_level == "Q4_1"
     raw = {m["name"]: m for m in http.get("/api/ps").json()["models"]}[MODEL]  # aipc's own fields
     assert raw["backend"] == "openvino" and raw["device"] == "cpu" and raw["state"] == "ready"
 

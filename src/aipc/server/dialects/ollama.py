@@ -92,7 +92,9 @@ def register(app: FastAPI, state: core.ServerState) -> None:
 
     @app.get("/api/ps")
     async def ps() -> JSONResponse:
-        return JSONResponse({"models": [_running(e) for e in state.pool.running()]})
+        entries = state.pool.running()
+        known = {m.name: m for m in await run_in_threadpool(library.runnable)} if entries else {}
+        return JSONResponse({"models": [_running(e, known.get(e.name) or known.get(e.ref)) for e in entries]})
 
     @app.post("/api/pull")
     async def pull(request: Request) -> Response:
@@ -476,7 +478,9 @@ def _show(facts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _running(e: Any) -> dict[str, Any]:
+def _running(e: Any, listed: library.Runnable | None) -> dict[str, Any]:
+    """One loaded (or loading) model as /api/ps shows it; `listed`: the same model as /api/tags lists it, for
+    its details and digest (None for a model opened from a path)."""
     info = e.model.info if e.model is not None else None
     if e.state != "ready":
         expires = None
@@ -492,8 +496,8 @@ def _running(e: Any) -> dict[str, Any]:
         "name": e.name,
         "model": e.name,
         "size": e.size_bytes or e.estimate_bytes,
-        "digest": "",
-        "details": _details(fmt, "", "", ""),
+        "digest": listed.digest if listed is not None else "",
+        "details": _tag(listed)["details"] if listed is not None else _details(fmt, "", "", ""),
         "expires_at": expires,
         "size_vram": e.size_bytes if info is not None and info.device.startswith("gpu") else 0,
         "context_length": e.context_length,

@@ -6,6 +6,7 @@ OpenAI's response objects, whole (JSON) or streamed (server-sent events).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -76,28 +77,42 @@ async def _complete(state: core.ServerState, request: Request, *, chat: bool) ->
         if first is None:
             return core.gone()
         return core.StreamResponse(shape.stream(runs, first), runs, "text/event-stream")
-    choices, prompt_tokens, completion_tokens = [], 0, 0
-    for i in range(len(jobs)):
-        run = await runs.start(i)
-        if run is None:
-            return core.gone()
-        if isinstance(run, core.Prepared):  # scored, nothing generated (max_tokens 0)
-            choices.append(shape.scored(i, run))
-            prompt_tokens += run.prompt_tokens
-            continue
-        events = await run.collect(request)
+    return await _whole(request, shape, runs, entry.slots.parallel if entry.slots is not None else 1)
+
+
+async def _whole(request: Request, shape: _Shape, runs: _Runs, parallel: int) -> Response:
+    """Every choice of a whole (not streamed) response. With `--parallel` above 1, up to that many choices
+    generate at once (n > 1, or several prompts), batched by the runtime; otherwise one after the other."""
+    gate = asyncio.Semaphore(max(1, min(parallel, len(runs))))
+
+    async def one(i: int) -> tuple[dict[str, Any], int, int] | None:
+        async with gate:
+            run = await runs.start(i)
+            if run is None:
+                return None
+            if isinstance(run, core.Prepared):  # scored, nothing generated (max_tokens 0)
+                return shape.scored(i, run), run.prompt_tokens, 0
+            events = await run.collect(request)
         if events is None:
-            return core.gone()
+            return None
         choice, done = shape.choice(i, events, run.prepared)
-        choices.append(choice)
-        prompt_tokens += run.prepared.prompt_tokens
-        completion_tokens += done.usage.completion_tokens
-    return JSONResponse(shape.whole(choices, prompt_tokens, completion_tokens))
+        return choice, run.prepared.prompt_tokens, done.usage.completion_tokens
+
+    # Every choice runs to its end (an error in one does not abandon the others mid-generation), then the
+    # first error, if any, is the answer.
+    results = await asyncio.gather(*(one(i) for i in range(len(runs))), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    if any(result is None for result in results):
+        return core.gone()
+    choices = [r[0] for r in results]
+    return JSONResponse(shape.whole(choices, sum(r[1] for r in results), sum(r[2] for r in results)))
 
 
 class _Runs:
-    """The generations of one request (prompts x n), run one after the other on the same model; as the single
-    pump `StreamResponse` stops, it stops the running one and starts no more."""
+    """The generations of one request (prompts x n) on the same model: streamed, one after the other (as the
+    single pump `StreamResponse` stops, it stops the running one and starts no more); whole, see `_whole`."""
 
     def __init__(self, state: core.ServerState, request: Request, entry: core.Entry, jobs: list[Any]) -> None:
         self.state = state
