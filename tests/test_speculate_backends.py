@@ -77,6 +77,21 @@ def test_greedy_output_is_token_identical_with_and_without_speculation(exact, ba
             assert auto.drafted > 0 and auto.accepted > 0, auto  # a long new prompt starts speculating
 
 
+@pytest.mark.parametrize(("total_kib", "speculates"), [(1 << 20, False), (64 << 20, True)])
+def test_openvino_auto_speculates_only_where_a_second_pipeline_fits_in_memory(
+    tmp_path, monkeypatch, total_kib, speculates
+):
+    """OpenVINO's prompt lookup runs in a second pipeline (its own compiled weights and KV cache): `auto` opens it
+    only when that takes at most a tenth of the machine's memory. The embedded model's second pipeline takes
+    about 0.2 GiB: too much for a machine of 1 GiB (the fixture's /proc/meminfo), little for one of 64 GiB."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text(f"MemTotal: {total_kib} kB\nMemAvailable: {total_kib // 2} kB\n")
+    monkeypatch.setenv("AIPC_SYSROOT", str(tmp_path))
+    with aipc.load("smollm2:135m", backend="openvino", device="cpu", context_length=4096) as model:
+        *_, done = model.stream(COPY, **GREEDY)
+    assert (done.drafted > 0) is speculates, done
+
+
 def test_llamacpp_seeded_sampling_draws_the_same_tokens_with_and_without_speculation(exact):
     """On llama.cpp aipc's sampler checks the drafts (as the first stage of `Llama.generate`'s chain), one draw
     per position in order: the same seed gives the same tokens with prompt lookup as without it."""

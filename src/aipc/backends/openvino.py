@@ -8,6 +8,7 @@ so the NPU path is exercised on any machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,8 @@ from aipc.engine.events import Finished, TextDelta
 from aipc.errors import ContextLengthError, GenerationError, UsageError
 from aipc.store import paths
 from aipc.store.resolve import ModelSource
+
+log = logging.getLogger("aipc")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -161,7 +164,8 @@ class OpenVINOModel:
         is_npu = device.name.startswith("npu")
         path = ir_path(source, device)
         self._context = sum(npu_limits(config)) if is_npu else self._choose_context(source, path, config, device)
-        self._speculator = self._speculation(config, device)
+        self._ir = path
+        self._speculator = self._speculation(config, device, source)
         try:
             self._pipe = self._open(path, config, device)
         except RuntimeError as exc:
@@ -190,7 +194,6 @@ class OpenVINOModel:
         # The text of the end-of-turn tokens: the streamer keeps control tokens, so the one that ends a turn is
         # cut from the stream's end here (the other backends stop before decoding it).
         self._stop_texts = tuple({self.detokenize([i]) for i in self._stop_ids} - {""})
-        self._ir = path
         self._device = device
         self._load_config = config
 
@@ -199,16 +202,36 @@ class OpenVINOModel:
         """The context length: as asked, else the trained one capped to fit free memory (`aipc.engine.context`)."""
         from aipc.engine import context as ctx_policy
 
-        dims = ctx_policy.dims_of_folder(ir)
-        if source.format == "gguf":
-            from aipc.store.gguf_header import read_metadata
-
-            dims = ctx_policy.dims_from_gguf(read_metadata(source.path))
+        dims = _dims(source, ir)
         trained = model_context_length(source, ir)
         dims = ctx_policy.ModelDims(trained or dims.trained, dims.kv)
-        kv_type = config.kv_cache or ("q8" if device.name == "cpu" else "f16")
         weights = sum(f.stat().st_size for f in ir.glob("*.bin"))
+        kv_type = _kv_type(config, device)
         return ctx_policy.choose(config.context_length, dims, kv_type, name=source.name, reserve_bytes=weights)
+
+    def _second_pipeline_fits(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> bool:
+        """Whether a second pipeline of this model (compiled weights and a KV cache for the context) takes at
+        most `speculate.AUTO_MEMORY_SHARE` of the machine's memory; True where that cannot be read."""
+        from aipc.backends import speculate
+        from aipc.engine import context as ctx_policy
+
+        total = ctx_policy.total_memory_bytes()
+        if total is None:
+            return True
+        kv = _dims(source, self._ir).kv
+        cost = sum(f.stat().st_size for f in self._ir.glob("*.bin"))
+        cost += kv.bytes_per_token(_kv_type(config, device)) * self._context if kv is not None else 0
+        if cost <= speculate.AUTO_MEMORY_SHARE * total:
+            return True
+        log.info(
+            "speculate auto decodes %s plainly: OpenVINO's prompt lookup needs a second pipeline of %.1f GiB, more "
+            "than %d%% of this machine's %.1f GiB (--speculate lookup uses it anyway)",
+            source.name,
+            cost / 2**30,
+            round(speculate.AUTO_MEMORY_SHARE * 100),
+            total / 2**30,
+        )
+        return False
 
     def _open(self, path: Path, config: LoadConfig, device: DeviceInfo, **extra):
         props = pipeline_properties(config, device, path)
@@ -226,13 +249,16 @@ class OpenVINOModel:
             **extra,
         )
 
-    def _speculation(self, config: LoadConfig, device: DeviceInfo):
+    def _speculation(self, config: LoadConfig, device: DeviceInfo, source: ModelSource):
         """The speculator for `config.speculate` (see `openvino_speculate`), or None for plain decoding. auto on
-        the NPU is plain decoding: its static pipeline has no prompt lookup."""
+        the NPU is plain decoding (its static pipeline has no prompt lookup), and so is auto for a model whose
+        second pipeline would take too much memory (`_second_pipeline_fits`)."""
         from aipc.backends import speculate
 
         spec = speculate.parse(config.speculate)
         if not spec.active or (spec.mode == "auto" and device.name.startswith("npu")):
+            return None
+        if spec.mode == "auto" and not self._second_pipeline_fits(source, config, device):
             return None
         from aipc.backends.openvino_speculate import Speculator, refuse_on
 
@@ -449,6 +475,21 @@ def model_context_length(source: ModelSource, ir: Path) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def _dims(source: ModelSource, ir: Path):
+    """The model's context facts (`aipc.engine.context.ModelDims`): from the GGUF file it came from, else its IR."""
+    from aipc.engine import context as ctx_policy
+
+    if source.format == "gguf":
+        from aipc.store.gguf_header import read_metadata
+
+        return ctx_policy.dims_from_gguf(read_metadata(source.path))
+    return ctx_policy.dims_of_folder(ir)
+
+
+def _kv_type(config: LoadConfig, device: DeviceInfo) -> str:
+    return config.kv_cache or ("q8" if device.name == "cpu" else "f16")
 
 
 def ir_path(source: ModelSource, device: DeviceInfo) -> Path:

@@ -128,7 +128,7 @@ class OpenVINOBatchedModel(OpenVINOModel):
     def _default_generation_config(self) -> ov_genai.GenerationConfig:
         return self._pipe.get_config()
 
-    def _speculation(self, config: LoadConfig, device: DeviceInfo) -> None:
+    def _speculation(self, config: LoadConfig, device: DeviceInfo, source: ModelSource) -> None:
         """Batching many requests is this mode's speed-up: auto decodes plainly, lookup and draft are refused."""
         from aipc.backends import speculate
 

@@ -22,7 +22,9 @@ generates and speculates only when the measurement says it is faster:
 Where the runtime lets aipc decide per step (llama.cpp's draft-model hook), the rule runs at every step on the
 answer's own recent positions. Elsewhere (OpenVINO GenAI, ONNX Runtime GenAI) it decides per request, from the
 measured answers of earlier requests of the same kind (a long new prompt, from which answers often copy, or a
-short one); with none yet, long prompts start speculating and short ones do not.
+short one); with none yet, long prompts start speculating and short ones do not. On OpenVINO GenAI, prompt
+lookup runs in a second pipeline, which holds its own copy of the compiled weights and its own KV cache:
+`auto` opens it only when that costs at most AUTO_MEMORY_SHARE of the machine's memory.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ _MIN_EVIDENCE = 12  # answer positions measured before a request's own measureme
 _WINDOW = 96  # the most recent measured positions the per-step rule replays
 _RECONSIDER = 3  # new measured positions before the per-step rule decides again
 _HISTORY = 384  # measured positions kept per kind of request for the per-request rule
+# `auto` never costs more memory than this share of the machine's: on OpenVINO GenAI, whose prompt lookup needs
+# a second pipeline (its own compiled weights and KV cache), a model whose second pipeline would take more is
+# decoded plainly (`lookup` still speculates when asked for).
+AUTO_MEMORY_SHARE = 0.1
 
 
 @dataclass(frozen=True)

@@ -114,13 +114,22 @@ def dims_of_folder(folder: Path) -> ModelDims:
 
 def free_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (under AIPC_SYSROOT when set), or None where there is none."""
+    return _meminfo("MemAvailable")
+
+
+def total_memory_bytes() -> int | None:
+    """MemTotal from /proc/meminfo (under AIPC_SYSROOT when set), or None where there is none."""
+    return _meminfo("MemTotal")
+
+
+def _meminfo(field: str) -> int | None:
     root = Path(os.environ.get(SYSROOT_ENV) or "/")
     try:
         text = (root / "proc" / "meminfo").read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
+        if line.startswith(field + ":"):
             parts = line.split()
             try:
                 return int(parts[1]) * 1024
