@@ -87,13 +87,15 @@ async def _whole(request: Request, shape: _Shape, runs: _Runs, parallel: int) ->
 
     async def one(i: int) -> tuple[dict[str, Any], int, int] | None:
         async with gate:
-            run = await runs.start(i)
+            run = await runs.start(i)  # None once the client has left: no more choices start
             if run is None:
+                runs.stopped = True
                 return None
             if isinstance(run, core.Prepared):  # scored, nothing generated (max_tokens 0)
                 return shape.scored(i, run), run.prompt_tokens, 0
             events = await run.collect(request)
         if events is None:
+            runs.stopped = True
             return None
         choice, done = shape.choice(i, events, run.prepared)
         return choice, run.prepared.prompt_tokens, done.usage.completion_tokens
