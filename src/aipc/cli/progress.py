@@ -14,6 +14,7 @@ import threading
 from typing import TextIO
 
 from aipc.progress import Step
+from aipc.units import size_text
 
 FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 DELAY = 0.15  # steps that end sooner leave no trace on the screen
@@ -94,7 +95,7 @@ def render(step: Step, tick: int, width: int = 80) -> str:
         fraction = max(0.0, min(step.done / step.total, 1.0))
         filled = int(fraction * BAR)
         amount = (
-            f"{_bytes(step.done)}/{_bytes(step.total)}"
+            f"{size_text(step.done)}/{size_text(step.total)}"
             if step.unit == "B"
             else f"{step.done:.0f}/{step.total:.0f}{' ' + step.unit if step.unit else ''}"
         )
@@ -110,14 +111,6 @@ def render(step: Step, tick: int, width: int = 80) -> str:
 
 def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60):02d} s"
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def messages_into(step: Step):

@@ -26,6 +26,7 @@ from typing import Any
 from aipc.errors import ConversionError, ModelNotFoundError, UsageError
 from aipc.store import paths
 from aipc.store.publish import is_published
+from aipc.units import size_text
 
 MANIFEST = "aipc-manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[A-Za-z0-9._-]{1,64})?$")
@@ -258,7 +259,7 @@ def disk_full_is_one_line(doing: str, folder: Path) -> Iterator[None]:
 
 def _disk_full(doing: str, folder: Path) -> ConversionError:
     try:
-        free = human_size(shutil.disk_usage(folder).free)
+        free = size_text(shutil.disk_usage(folder).free)
         st = os.statvfs(folder) if hasattr(os, "statvfs") else None
         if st is not None and st.f_files and st.f_favail == 0:
             free += " but no room for another file (no inodes left)"
@@ -276,15 +277,6 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed_bytes * 1.1:
         raise UsageError(
-            f"not enough free disk space in {folder}: about {human_size(needed_bytes)} needed, "
-            f"{human_size(free)} free (set AIPC_HOME to a larger disk)"
+            f"not enough free disk space in {folder}: about {size_text(needed_bytes)} needed, "
+            f"{size_text(free)} free (set AIPC_HOME to a larger disk)"
         )
-
-
-def human_size(n: float) -> str:
-    """1234567 -> "1.2 MB" (decimal units, as disks are sold)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
