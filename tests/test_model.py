@@ -60,16 +60,22 @@ def test_prompt_is_not_echoed(model):
 
 
 def test_two_turn_chat_keeps_first_turn_context(model):
-    # No repeat penalty: the embedded model's default one (1.1, over the whole sequence) makes a 135M model shy of
-    # repeating a name from its prompt, and this checks only that the history reaches it.
+    # The history must reach the model. Asking the 135M model to say the name back is fragile (on some CPUs its
+    # greedy answer loops on "I'm glad to know that."), so the check is teacher-forced: over the prompt that
+    # chat() sends, "Your name is Ada." must be far more likely with the first turn than without it.
     plain = {**GREEDY, "repetition_penalty": 1.0}
     first = {"role": "user", "content": "My name is Ada. Please remember it."}
     reply = model.chat([first], **plain)
     second = {"role": "user", "content": "What is my name?"}
-    with_history = model.chat([first, {"role": "assistant", "content": reply}, second], **plain)
-    without_history = model.chat([second], **plain)
-    assert "Ada" in with_history
-    assert "Ada" not in without_history  # the name can only come from the first turn
+    history = [first, {"role": "assistant", "content": reply}, second]
+    answer = model.tokenize("Your name is Ada.")
+
+    def logprob(messages) -> float:
+        ids = model.encode(messages)
+        return sum(t.logprob for t in model.prompt_logprobs(ids + answer)[len(ids) :])
+
+    assert logprob(history) > logprob([second]) + 3.0  # measured: 7.9 nats
+    assert model.chat(history, **plain) != model.chat([second], **plain)
 
 
 def test_system_prompt_reaches_the_template(model):

@@ -12,7 +12,8 @@ from openai import OpenAI
 
 from aipc.server.settings import ServerSettings
 from tests.conftest import PARIS_QUESTION
-from tests.test_server_support import LiveServer, sse_data
+from tests.test_server_support import LiveServer, metrics, sse_data
+from tests.test_server_support import sample as metric_sample
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,35 @@ def test_n_choices_are_distinct_seeded_samples(client):
         for i in range(3)
     ]
     assert streamed == texts
+
+
+def test_unseeded_n_choices_are_sampled_in_one_generation_where_the_runtime_can(client, server, model):
+    """Without a seed, OpenVINO samples a whole response's n choices in one generation (num_return_sequences):
+    the prompt is prefilled once, which the server's prompt-token counter shows; usage counts it once."""
+    if not model.samples_choices_together:
+        pytest.skip(f"{model.where} samples one sequence per generation: choices run one by one")
+    poem = [{"role": "user", "content": "Write a short poem about the sea."}]
+    n_prompt = len(model.encode(poem))
+    before = metric_sample(metrics(server.url), "aipc_prompt_tokens_total", model="smollm2:135m")
+    kwargs = {"model": "smollm2:135m", "messages": poem, "temperature": 1.0, "max_tokens": 24}
+    reply = client.chat.completions.create(n=3, stop=["\n\n"], **kwargs)
+    after = metric_sample(metrics(server.url), "aipc_prompt_tokens_total", model="smollm2:135m")
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    texts = [c.message.content for c in reply.choices]
+    assert all(texts) and len(set(texts)) == 3 and not any("\n\n" in t or "<|im_end|>" in t for t in texts)
+    assert {c.finish_reason for c in reply.choices} <= {"stop", "length"}
+    assert reply.usage.prompt_tokens == n_prompt and after - before == n_prompt  # one prefill for three answers
+    assert 3 <= reply.usage.completion_tokens <= 3 * 24
+    again = [c.message.content for c in client.chat.completions.create(n=3, **kwargs).choices]
+    assert again != texts  # a fresh random seed for every request
+
+
+def test_usage_counts_each_prompt_once_however_many_choices(http, model):
+    prompts = ["The sea is", "Mountains are"]
+    body = {"prompt": prompts, "n": 2, "max_tokens": 4, "temperature": 1.0, "seed": 3}
+    reply = http.post("/v1/completions", json=body).json()
+    assert sorted(c["index"] for c in reply["choices"]) == [0, 1, 2, 3]
+    assert reply["usage"]["prompt_tokens"] == sum(len(model.tokenize(p)) for p in prompts)
 
 
 def _most_repeated(model, text: str) -> int:

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
-from prometheus_client.parser import text_string_to_metric_families
 
 from aipc.server.settings import ServerSettings
 from tests.conftest import PARIS_QUESTION, run_cli
@@ -28,6 +27,8 @@ from tests.test_server_support import (
     broken_model,
     chat_body,
     first_tokens,
+    metrics,
+    sample,
     stored_copy,
     wait_for,
 )
@@ -42,19 +43,6 @@ def b() -> str:
 
 def loaded(live: LiveServer) -> dict[str, dict]:
     return {m["name"]: m for m in httpx.get(live.url + "/api/ps", timeout=30).json()["models"]}
-
-
-def metrics(url: str, **headers: str) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(url + "/metrics", headers=headers, timeout=30).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(found: dict, name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def ask(url: str, model: str, question: str = PARIS_QUESTION, **options) -> str:
@@ -189,12 +177,11 @@ def test_a_busy_model_is_not_evicted_the_load_waits(one, b):
 
 def test_keep_alive_zero_unloads_after_the_request_and_a_duration_expires(model, b):
     with LiveServer(ServerSettings(), model) as live:
-        r = httpx.post(live.url + "/api/generate", json={"model": b, "prompt": "Hi", "keep_alive": 0, "stream": False})
+        body = {"model": b, "prompt": "Hi", "stream": False}  # a first load compiles the model: allow for it
+        r = httpx.post(live.url + "/api/generate", json=body | {"keep_alive": 0}, timeout=120)
         assert r.status_code == 200 and r.json()["done"]
         wait_for(lambda: b not in loaded(live), timeout=10)
-        r = httpx.post(
-            live.url + "/api/generate", json={"model": b, "prompt": "Hi", "keep_alive": "2s", "stream": False}
-        )
+        r = httpx.post(live.url + "/api/generate", json=body | {"keep_alive": "2s"}, timeout=120)
         assert r.status_code == 200
         assert b in loaded(live)
         wait_for(lambda: b not in loaded(live), timeout=15)

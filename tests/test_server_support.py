@@ -200,3 +200,20 @@ def broken_model(name: str = "broken-ir") -> str:
                 manifest = {"name": name, "variant": "openvino-int4", "format": "openvino-ir", "backend": "openvino"}
                 store.write_manifest(tmp, manifest | {"precision": "int4", "device_target": "cpu"})
     return name
+
+
+def metrics(url: str, **headers: str) -> dict[tuple[str, tuple], float]:
+    """The server's /metrics samples by (name, labels)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", headers=headers, timeout=30).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)

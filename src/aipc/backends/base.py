@@ -48,7 +48,10 @@ class ModelInfo:
 
 
 class Backend(Protocol):
-    """An opened model on one device. Opened by its `BackendType.load`, used by the engine alone."""
+    """An opened model on one device. Opened by its `BackendType.load`, used by the engine alone.
+
+    Optional, found by `getattr` (None where a backend cannot): `reset_cache()`, and `generate_choices(prompt,
+    config, n, cancel)`, n sampled answers from one generation as a list of n finished item iterators."""
 
     info: ModelInfo
 

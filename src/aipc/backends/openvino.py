@@ -189,6 +189,8 @@ class OpenVINOModel:
             ref=source.ref,
         )
         self._is_npu = is_npu
+        if is_npu:  # the NPU's static pipeline generates one sequence per request
+            self.generate_choices = None
         # XGrammar constrains decoding on every device, the NPU's static pipeline included.
         self.structured_output = True
         # The text of the end-of-turn tokens: the streamer keeps control tokens, so the one that ends a turn is
@@ -332,17 +334,7 @@ class OpenVINOModel:
     ) -> Iterator[TextDelta | Finished]:
         inputs = token_inputs(prompt)
         n_prompt = len(prompt)
-        limit = self.info.max_prompt_tokens
-        if limit is not None and n_prompt > limit:
-            where = (
-                f"the NPU pipeline's limit of {limit} (MAX_PROMPT_LEN); shorten it, or use another device"
-                if self._is_npu
-                else f"this model's context of {self.info.context_length} tokens"
-            )
-            raise ContextLengthError(f"the prompt has {n_prompt} tokens, over {where}", limit=limit, requested=n_prompt)
-        gc = self._config(config)
-        if not self._is_npu:
-            gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
+        gc = self._fitted(n_prompt, config)
 
         stops = () if config.ignore_eos else self._stop_texts
 
@@ -373,6 +365,52 @@ class OpenVINOModel:
             return Finished(reason, n_prompt, len(tokens), end, tuple(int(t) for t in tokens), drafted, accepted)
 
         return stream_from_callback(run, cancel)
+
+    def _fitted(self, n_prompt: int, config: GenerationConfig) -> ov_genai.GenerationConfig:
+        """The runtime's config for a prompt of `n_prompt` tokens, which must fit: the answer fills the rest."""
+        limit = self.info.max_prompt_tokens
+        if limit is not None and n_prompt > limit:
+            where = (
+                f"the NPU pipeline's limit of {limit} (MAX_PROMPT_LEN); shorten it, or use another device"
+                if self._is_npu
+                else f"this model's context of {self.info.context_length} tokens"
+            )
+            raise ContextLengthError(f"the prompt has {n_prompt} tokens, over {where}", limit=limit, requested=n_prompt)
+        gc = self._config(config)
+        if not self._is_npu:
+            gc.max_new_tokens = max(1, min(config.max_tokens, self.info.context_length - n_prompt))
+        return gc
+
+    def generate_choices(
+        self, prompt: Sequence[int], config: GenerationConfig, n: int, cancel: threading.Event
+    ) -> list[Iterator[TextDelta | Finished]]:
+        """n sampled answers to one prompt from one generation (`num_return_sequences`: the prompt is prefilled
+        once and the n sequences decode as one batch), each given as a finished generation's items. OpenVINO
+        streams single sequences only, so this returns once all n have ended, and a cancel is not seen before.
+        Speculation is not used (neither of OpenVINO's speculative pipelines returns several sequences)."""
+        n_prompt = len(prompt)
+        gc = self._fitted(n_prompt, config)
+        gc.num_return_sequences = n
+        began = _now()
+        try:
+            result = self._pipe.generate(token_inputs(prompt), gc)
+        except RuntimeError as exc:
+            raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
+        end = _now()
+        # every answer's text is stamped with the batch's first token (the runtime's own TTFT), so that the
+        # timings spread the decode over the time it took
+        first = min(end, began + max(result.perf_metrics.get_ttft().mean, 0.0) / 1000)
+        choices = []
+        for tokens, finish in zip(result.tokens, result.finish_reasons, strict=True):
+            ids = tuple(int(t) for t in tokens)
+            text = self.detokenize(ids)
+            for stop in self._stop_texts:  # the end-of-turn token's text, as `generate` trims it
+                if text.endswith(stop):
+                    text = text[: -len(stop)]
+                    break
+            reason = "cancelled" if cancel.is_set() else _FINISH.get(finish, "stop")
+            choices.append(iter((TextDelta(text, first), Finished(reason, n_prompt, len(ids), end, ids))))
+        return choices
 
     def reset_cache(self) -> None:
         """Forget the KV cache of earlier prompts. With prefix caching on (`LoadConfig.prefix_cache`), the KV

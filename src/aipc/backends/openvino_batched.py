@@ -142,6 +142,8 @@ class OpenVINOBatchedModel(OpenVINOModel):
 
     # Prefix caching keeps the blocks of every recent prompt, shared by all callers: no one chat's cache to drop.
     reset_cache = None
+    # Several choices of one request run as concurrent requests of the scheduler (the server's `--parallel`).
+    generate_choices = None
 
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event

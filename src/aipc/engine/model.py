@@ -224,6 +224,32 @@ class Model:
             can_constrain=can,
         )
 
+    @property
+    def samples_choices_together(self) -> bool:
+        """Whether the runtime can sample several answers to one prompt in one generation (`stream_choices`)."""
+        return getattr(self._backend, "generate_choices", None) is not None
+
+    def stream_choices(self, prompt: Sequence[int], n: int, **options: Any) -> Iterator[tuple[int, Event]] | None:
+        """n sampled answers to one raw prompt (token ids) from one generation, where the runtime can sample
+        several sequences at once (OpenVINO's num_return_sequences: one prefill, the n sequences decoded as a
+        batch): `(choice, event)` pairs, each choice's events in order, its `Done` last. None where it cannot
+        (greedy decoding, log-probs, a JSON schema, a runtime or device without it): run the choices one by one.
+        Nothing arrives before every sequence has ended."""
+        config = self.defaults.updated(**options)
+        backend = self._backend
+        run = getattr(backend, "generate_choices", None)
+        if run is None or n < 2 or config.greedy or config.logprobs is not None or config.json_schema is not None:
+            return None
+        ids, config = self._capped(self.check_ids(prompt), config)
+        return self._choices(run, backend, ids, n, config)
+
+    def _choices(self, run, backend: Backend, ids: list[int], n: int, config: GenerationConfig):
+        cancel = threading.Event()
+        start = time.perf_counter()
+        for index, items in enumerate(run(ids, config, n, cancel)):
+            for event in self._follow(items, backend, ids, config, cancel, start):
+                yield index, event
+
     def generate(
         self, prompt: str | Sequence[int], *, system: str | None = None, raw: bool = False, **options: Any
     ) -> str:
@@ -237,10 +263,6 @@ class Model:
     def _run(self, encode: Callable[[Backend], list[int]], config: GenerationConfig) -> Iterator[Event]:
         cancel = threading.Event()
         start = time.perf_counter()
-        first: float | None = None
-        finished: Finished | None = None
-        stopper = _StopMatcher(config.stop) if config.stop else None
-        stopped = False
         backend = self._backend
         ids, config = self._capped(encode(backend), config)
         try:
@@ -249,6 +271,22 @@ class Model:
             backend = self._route_off_npu(exc)
             ids, config = self._capped(encode(backend), config)
             items = backend.generate(ids, config, cancel)
+        yield from self._follow(items, backend, ids, config, cancel, start)
+
+    def _follow(
+        self,
+        items: Iterator[TextDelta | Finished],
+        backend: Backend,
+        ids: list[int],
+        config: GenerationConfig,
+        cancel: threading.Event,
+        start: float,
+    ) -> Iterator[Event]:
+        """The engine's events for a runtime's items: stop strings applied, log-probs attached, then `Done`."""
+        first: float | None = None
+        finished: Finished | None = None
+        stopper = _StopMatcher(config.stop) if config.stop else None
+        stopped = False
         if config.logprobs is not None and not getattr(backend, "reports_logprobs", False):
             from aipc.engine.logprobs import scored_after
 

@@ -432,6 +432,60 @@ async def generate(
     return Generation(state, pump, first, prepared, entry, stats)
 
 
+NOT_TOGETHER = object()  # generate_choices: the model cannot sample these choices in one generation
+
+
+async def generate_choices(
+    state: ServerState, request: Any, entry: Entry, prepare: Callable[[Entry], Prepared], n: int
+) -> tuple[Prepared, list[list[Any]]] | object | None:
+    """n choices of one prompt sampled in one generation (`Model.stream_choices`), holding one slot: the
+    prepared prompt and each choice's events. NOT_TOGETHER where the model cannot (`entry` is then still the
+    caller's, to run the choices one by one); None when the client left first (the runtime finishes the
+    batch meanwhile: OpenVINO cannot stop a multi-sequence generation early). Otherwise `entry` is released
+    here, as `generate` does."""
+    model = entry.model
+    if not model.samples_choices_together:
+        return NOT_TOGETHER
+    try:
+        prepared = await run_in_threadpool(prepare, entry)
+        events = None if prepared.chat is not None else model.stream_choices(prepared.prompt, n, **prepared.options)
+    except BaseException:
+        state.pool.release(entry)
+        raise
+    if events is None:
+        return NOT_TOGETHER
+    stats = request.scope.setdefault("aipc.stats", {})
+    waited = time.perf_counter()
+    slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
+    if slot is None:
+        state.pool.release(entry)
+        return None
+    stats["queue_ms"] = round((time.perf_counter() - waited) * 1000, 1)
+    pump: EventPump | None = None
+
+    def finished() -> None:
+        slot.release()
+        state.pumps.discard(pump)
+        state.pool.release(entry)
+
+    pump = EventPump(lambda: events, on_exit=finished)
+    state.pumps.add(pump)
+    pairs = await or_gone(request, _all(pump), on_gone=pump.stop, on_error=pump.stop)
+    if pairs is None:
+        return None
+    choices: list[list[Any]] = [[] for _ in range(n)]
+    for index, event in pairs:
+        choices[index].append(event)
+        if isinstance(event, Done):
+            prompt = prepared.prompt_tokens if index == 0 else 0  # prefilled once for all n
+            state.metrics.generated(entry.name, event, prompt, stats["queue_ms"] / 1000)
+    return prepared, choices
+
+
+async def _all(pump: EventPump) -> list[Any]:
+    return [item async for item in pump]
+
+
 async def or_gone(
     request: Any,
     awaitable: Any,

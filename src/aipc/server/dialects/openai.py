@@ -71,7 +71,11 @@ async def _complete(state: core.ServerState, request: Request, *, chat: bool) ->
         return core.gone()
     logprobs = bool(body.logprobs) if chat else body.logprobs is not None
     shape = _Shape(entry, chat=chat, include_usage=body.include_usage, logprobs=logprobs)
-    runs = _Runs(state, request, entry, jobs)
+    runs = _Runs(state, request, entry, jobs, body.n)
+    if not body.stream and body.n > 1 and body.seed is None and len(jobs) == body.n:
+        answered = await _together(request, shape, runs)
+        if answered is not None:
+            return answered
     if body.stream:
         first = await runs.start(0)
         if first is None:
@@ -92,13 +96,13 @@ async def _whole(request: Request, shape: _Shape, runs: _Runs, parallel: int) ->
                 runs.stopped = True
                 return None
             if isinstance(run, core.Prepared):  # scored, nothing generated (max_tokens 0)
-                return shape.scored(i, run), run.prompt_tokens, 0
+                return shape.scored(i, run), runs.prompt_tokens(i, run), 0
             events = await run.collect(request)
         if events is None:
             runs.stopped = True
             return None
         choice, done = shape.choice(i, events, run.prepared)
-        return choice, run.prepared.prompt_tokens, done.usage.completion_tokens
+        return choice, runs.prompt_tokens(i, run.prepared), done.usage.completion_tokens
 
     # Every choice runs to its end (an error in one does not abandon the others mid-generation), then the
     # first error, if any, is the answer.
@@ -112,20 +116,46 @@ async def _whole(request: Request, shape: _Shape, runs: _Runs, parallel: int) ->
     return JSONResponse(shape.whole(choices, sum(r[1] for r in results), sum(r[2] for r in results)))
 
 
+async def _together(request: Request, shape: _Shape, runs: _Runs) -> Response | None:
+    """The n choices of a whole response to one prompt, sampled in one generation where the runtime can
+    (OpenVINO's num_return_sequences: one prefill, one batched decode); None where it cannot. Only without a
+    seed: a seeded request's choice i is the answer to seed + i, the same streamed or whole."""
+    prepare, score_only = runs.jobs[0]
+    if score_only:
+        return None
+    got = await core.generate_choices(runs.state, request, runs.entry, prepare, len(runs))
+    if got is core.NOT_TOGETHER:
+        return None
+    if got is None:
+        return core.gone()
+    prepared, events = got
+    choices, completion = [], 0
+    for i, choice_events in enumerate(events):
+        choice, done = shape.choice(i, choice_events, prepared)
+        choices.append(choice)
+        completion += done.usage.completion_tokens
+    return JSONResponse(shape.whole(choices, prepared.prompt_tokens, completion))
+
+
 class _Runs:
     """The generations of one request (prompts x n) on the same model: streamed, one after the other (as the
     single pump `StreamResponse` stops, it stops the running one and starts no more); whole, see `_whole`."""
 
-    def __init__(self, state: core.ServerState, request: Request, entry: core.Entry, jobs: list[Any]) -> None:
+    def __init__(self, state: core.ServerState, request: Request, entry: core.Entry, jobs: list[Any], n: int) -> None:
         self.state = state
         self.request = request
         self.entry = entry
-        self.jobs = jobs
+        self.jobs = jobs  # prompts x n, each prompt's n choices together
+        self.n = n
         self.current: core.Generation | None = None
         self.stopped = False
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+    def prompt_tokens(self, i: int, prepared: core.Prepared) -> int:
+        """Job `i`'s share of the usage's prompt tokens: as OpenAI counts them, each prompt once, not n times."""
+        return prepared.prompt_tokens if i % self.n == 0 else 0
 
     async def start(self, i: int) -> core.Generation | core.Prepared | None:
         """Job `i` started (its first event read), or its `Prepared` when it only scores; None when the client
@@ -309,7 +339,7 @@ class _Shape:
             if isinstance(run, core.Prepared):
                 choice = self.scored(index, run)
                 yield self._event({"choices": [choice]} | usage)
-                prompt_tokens += run.prompt_tokens
+                prompt_tokens += runs.prompt_tokens(index, run)
                 continue
             prepared = run.prepared
             if self.chat:
@@ -342,7 +372,7 @@ class _Shape:
                 return
             if run.done is None:
                 return
-            prompt_tokens += prepared.prompt_tokens
+            prompt_tokens += runs.prompt_tokens(index, prepared)
         if self.include_usage:
             yield self._event({"choices": [], "usage": protocol.usage(prompt_tokens, completion_tokens)})
         yield b"data: [DONE]\n\n"
