@@ -132,24 +132,20 @@ def test_interactive_chat_over_a_pipe_keeps_history_and_commands():
             "never read",
         ]
     )
-    result = run_cli("run", "smollm2:135m", "-i", "--temperature", "0", "--max-tokens", "40", input=script + "\n")
+    result = run_cli(
+        "run", "smollm2:135m", "-i", "--verbose", "--temperature", "0", "--max-tokens", "40", input=script + "\n"
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "No system message was specified for this model." in out and "Cleared session context" in out
-    before_clear, after_clear = out.split("Cleared session context")
-    first_answer = run_cli(
-        "run",
-        "smollm2:135m",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "40",
-        "My name is Ada. Please remember it.",
-    ).stdout
-    # The second answer repeats the name only if the first turn is in its context (the control after /clear
-    # asks the same question without it).
-    assert before_clear.count("Ada") > first_answer.count("Ada")
-    assert "Ada" not in after_clear
+    after_clear = out.split("Cleared session context")[1]
+    # Every turn's prompt, from --verbose: the second carries the first turn and its answer, /clear drops them.
+    # (Whether the 135M model then says the name back depends on the CPU's rounding: on some it loops instead.)
+    prompts = [int(n) for n in re.findall(r"prompt (\d+) tokens", result.stderr)]
+    assert len(prompts) == 4, result.stderr
+    first, second, cleared, _ = prompts
+    assert second > first + 8 and cleared < first
+    assert "Ada" not in after_clear  # without the first turn the name cannot come up
     assert after_clear.count("\n") >= 2  # the multi-line message got an answer too
 
 

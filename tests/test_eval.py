@@ -179,7 +179,9 @@ def test_cli_with_no_flags_compares_the_model_with_its_own_weights_at_f32(args):
     assert "model-f32.gguf" in reference and "llamacpp/" in reference
     model = next(line for line in result.stdout.splitlines() if line.startswith("model "))
     kl = float(model.split()[-2])
-    assert 0 < kl < 0.05
+    # Another file on another runtime: KL is small, and may round to 0.00000 (an AVX2-only CPU, where
+    # OpenVINO computes in f32, measured under 5e-6).
+    assert "smollm2:135m" in model and 0 <= kl < 0.05
     assert "note: reference: its weights dequantized to f32" in result.stdout
 
 
