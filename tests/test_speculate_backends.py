@@ -60,6 +60,22 @@ def _run(ref: str, backend: str, speculate_as: str, load: dict, prompt: str, **o
     return done, again
 
 
+def _assert_same_or_tied(ref: str, backend: str, load: dict, prompt: str, plain, other) -> None:
+    """The same tokens, or, where they part, a tie within rounding: the token speculation chose is within 0.01
+    nats of plain decoding's under the model (teacher-forced). llama.cpp runs the f16 GGUF with activations
+    rounded to f16, and on an AVX2-only CPU its batched kernel (which checks drafts) rounds otherwise than the
+    one-token path: measured there, the story parts at its 26th token on two tokens 0.004 nats apart. A wrong
+    acceptance rule would part on a token that is no such tie."""
+    if tuple(other) == tuple(plain):
+        return
+    at = next(i for i, (a, b) in enumerate(zip(plain, other, strict=False)) if a != b)
+    with aipc.load(ref, backend=backend, device="cpu", speculate="off", **load) as model:
+        ids = model.encode([{"role": "user", "content": prompt}]) + list(plain[: at + 1])
+        scored = model.prompt_logprobs(ids, top=5)[-1]
+    top = dict(scored.top)
+    assert other[at] in top and abs(top[other[at]] - scored.logprob) < 0.01, (at, plain[at], other[at], top)
+
+
 @pytest.mark.parametrize("backend", ["openvino", "llamacpp", "onnxruntime"])
 def test_greedy_output_is_token_identical_with_and_without_speculation(exact, backend):
     ref, load = exact[backend]
@@ -69,7 +85,7 @@ def test_greedy_output_is_token_identical_with_and_without_speculation(exact, ba
         looked, _ = _run(ref, backend, "lookup", load, prompt, **GREEDY)
         auto, auto_again = _run(ref, backend, "auto", load, prompt, **GREEDY)
         for done in (looked, auto, auto_again):
-            assert done.token_ids == plain.token_ids, (prompt[:20], done.drafted)
+            _assert_same_or_tied(ref, backend, load, prompt, plain.token_ids, done.token_ids)
             assert 0 <= done.accepted <= done.drafted
         if prompt is COPY:
             # the answer copies the prompt: lookup drafts, and most drafts are the model's own next tokens
