@@ -340,10 +340,7 @@ class OpenVINOModel:
 
         def run(on_text) -> Finished:
             def keep(text: str) -> bool:
-                for stop in stops:
-                    if text.endswith(stop):
-                        text = text[: -len(stop)]
-                        break
+                text = _cut_stop(text, stops)
                 return on_text(text) if text else cancel.is_set()
 
             # A plain callable would stream through a detokenizer that drops control tokens; tool-call markup
@@ -400,14 +397,11 @@ class OpenVINOModel:
         # every answer's text is stamped with the batch's first token (the runtime's own TTFT), so that the
         # timings spread the decode over the time it took
         first = min(end, began + max(result.perf_metrics.get_ttft().mean, 0.0) / 1000)
+        stops = () if config.ignore_eos else self._stop_texts
         choices = []
         for tokens, finish in zip(result.tokens, result.finish_reasons, strict=True):
             ids = tuple(int(t) for t in tokens)
-            text = self.detokenize(ids)
-            for stop in self._stop_texts:  # the end-of-turn token's text, as `generate` trims it
-                if text.endswith(stop):
-                    text = text[: -len(stop)]
-                    break
+            text = _cut_stop(self.detokenize(ids), stops)
             reason = "cancelled" if cancel.is_set() else _FINISH.get(finish, "stop")
             choices.append(iter((TextDelta(text, first), Finished(reason, n_prompt, len(ids), end, ids))))
         return choices
@@ -485,6 +479,14 @@ class OpenVINOScorer:
         if logits.shape[1] != n:
             raise GenerationError(f"OpenVINO returned logits for {logits.shape[1]} of {n} positions")
         return log_softmax(logits[0])
+
+
+def _cut_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` without the end-of-turn token's text at its end (the streamer keeps control tokens)."""
+    for stop in stops:
+        if text.endswith(stop):
+            return text[: -len(stop)]
+    return text
 
 
 def token_inputs(ids: Sequence[int]) -> ov_genai.TokenizedInputs:

@@ -386,40 +386,19 @@ async def generate(
 
     `entry` (from `state.acquire`) is released here once the generation has let go of the runtime, or at once
     when it never starts."""
-    pump: EventPump | None = None
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            state.pool.release(entry)
-
     stats = request.scope.setdefault("aipc.stats", {})
     try:
         prepared = await run_in_threadpool(prepare, entry)
-        waited = time.perf_counter()
-        slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
-        if slot is None:
-            release()
-            return None  # the client left while queued: its request never runs
-        stats["queue_ms"] = round((time.perf_counter() - waited) * 1000, 1)
-
-        def finished() -> None:  # on the loop, once the generation's thread has let go of the runtime
-            slot.release()
-            state.pumps.discard(pump)
-            release()
-
-        model = entry.model
-        if prepared.chat is not None:
-            pump = EventPump(lambda: model.stream_prepared(prepared.chat, **prepared.options), on_exit=finished)
-        else:
-            pump = EventPump(lambda: model.stream(prepared.prompt, raw=True, **prepared.options), on_exit=finished)
-        state.pumps.add(pump)
     except BaseException:
-        if pump is None:
-            release()
+        state.pool.release(entry)
         raise
+    model = entry.model
+    if prepared.chat is not None:
+        pump = await _pumped(state, request, entry, lambda: model.stream_prepared(prepared.chat, **prepared.options))
+    else:
+        pump = await _pumped(state, request, entry, lambda: model.stream(prepared.prompt, raw=True, **prepared.options))
+    if pump is None:
+        return None
     try:
         first = await or_gone(request, pump.__anext__(), on_gone=pump.stop, on_error=pump.stop)
     except GenerationError as exc:
@@ -455,21 +434,9 @@ async def generate_choices(
     if events is None:
         return NOT_TOGETHER
     stats = request.scope.setdefault("aipc.stats", {})
-    waited = time.perf_counter()
-    slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
-    if slot is None:
-        state.pool.release(entry)
+    pump = await _pumped(state, request, entry, lambda: events)
+    if pump is None:
         return None
-    stats["queue_ms"] = round((time.perf_counter() - waited) * 1000, 1)
-    pump: EventPump | None = None
-
-    def finished() -> None:
-        slot.release()
-        state.pumps.discard(pump)
-        state.pool.release(entry)
-
-    pump = EventPump(lambda: events, on_exit=finished)
-    state.pumps.add(pump)
     pairs = await or_gone(request, _all(pump), on_gone=pump.stop, on_error=pump.stop)
     if pairs is None:
         return None
@@ -480,6 +447,33 @@ async def generate_choices(
             prompt = prepared.prompt_tokens if index == 0 else 0  # prefilled once for all n
             state.metrics.generated(entry.name, event, prompt, stats["queue_ms"] / 1000)
     return prepared, choices
+
+
+async def _pumped(state: ServerState, request: Any, entry: Entry, start: Callable[[], Any]) -> EventPump | None:
+    """Wait for one of `entry`'s slots, then run `start()`'s events in a thread; the slot and `entry` are given
+    back once that thread has let go of the runtime. None (and `entry` released) when the client left while
+    queued: its request never runs."""
+    stats = request.scope.setdefault("aipc.stats", {})
+    waited = time.perf_counter()
+    try:
+        slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
+    except BaseException:
+        state.pool.release(entry)
+        raise
+    if slot is None:
+        state.pool.release(entry)
+        return None
+    stats["queue_ms"] = round((time.perf_counter() - waited) * 1000, 1)
+    pump: EventPump | None = None
+
+    def finished() -> None:  # on the loop, once the generation's thread has let go of the runtime
+        slot.release()
+        state.pumps.discard(pump)
+        state.pool.release(entry)
+
+    pump = EventPump(start, on_exit=finished)
+    state.pumps.add(pump)
+    return pump
 
 
 async def _all(pump: EventPump) -> list[Any]:
