@@ -63,7 +63,8 @@ EMBEDDED = {
 
 
 def worker() -> None:
-    """A worker process: {"load": ...} then {"run": task} lines in, one JSON reply per line out."""
+    """A worker process: {"load": ...} then {"run": task} (or {"run": name, "prompt": text}) lines in, one JSON
+    reply per line out."""
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     import aipc
@@ -73,12 +74,20 @@ def worker() -> None:
         cmd = json.loads(line)
         try:
             if "load" in cmd:
+                load = dict(cmd["load"])
+                if load.pop("no_switch", False):  # speculate_switch.py's ablation: no mid-answer move on OpenVINO
+                    from aipc.backends.openvino_speculate import Speculator
+
+                    Speculator.MAX_SWITCHES = 0
                 started = time.perf_counter()
-                model = aipc.load(**cmd["load"])
+                model = aipc.load(**load)
                 reply = {"load_s": time.perf_counter() - started, "path": model.info.path}
             elif "run" in cmd:
-                *_, done = model.stream(TASKS[cmd["run"]][1], temperature=0, max_tokens=cmd["max_tokens"])
+                prompt = cmd.get("prompt") or TASKS[cmd["run"]][1]
+                started = time.perf_counter()
+                *_, done = model.stream(prompt, temperature=0, max_tokens=cmd["max_tokens"])
                 reply = {
+                    "seconds": time.perf_counter() - started,
                     "ttft_ms": done.timings.ttft_s * 1000,
                     "tokens_per_s": done.timings.tokens_per_s,
                     "tokens": done.usage.completion_tokens,

@@ -107,6 +107,48 @@ def test_per_request_plan_learns_from_earlier_answers_of_the_same_kind():
     assert governor.plan(list(range(9000, 9200))) == ("long", 0)
 
 
+def test_lookup_says_how_much_text_follows_the_passage_it_copies_from():
+    passage = list(range(100, 160))
+    lookup = Lookup([*passage, 1, 2])
+    assert lookup.ahead() == 0  # the last tokens occurred nowhere before
+    lookup.extend(passage[:10])  # an answer copying the passage, 10 tokens in
+    assert lookup.ahead() == (len(passage) - 10) + 2 + 10  # the passage's rest, the 2 tokens, the answer so far
+    assert lookup.propose(3) == passage[10:13]
+
+
+COPYING, NEW_TEXT = [(8, 12)] * 40, [(0, 3)] * 40
+
+
+@pytest.mark.parametrize(
+    ("runs", "current", "remaining", "switch_seconds", "expect"),
+    [
+        (COPYING, 0, 200, 0.1, "on"),  # a copy decoded plainly: draft from here on
+        (COPYING, 0, 200, 5.0, None),  # ... unless the other pipeline's prefill costs more than drafting saves
+        (COPYING, 0, 4, 0.1, None),  # ... or too little is left to win it back
+        (COPYING[:5], 0, 200, 0.1, None),  # too few positions measured to tell
+        (NEW_TEXT, 0, 200, 0.1, None),  # new text decoded plainly: go on
+        (NEW_TEXT, 8, 200, 0.1, 0),  # new text while drafting 8 a step: decode plainly from here on
+        (NEW_TEXT, 8, 200, 5.0, None),  # ... unless switching costs more than it saves
+        (COPYING, 8, 200, 0.1, None),  # a copy while drafting: go on
+    ],
+)
+def test_mid_generation_switches_only_where_the_time_saved_repays_the_switch(
+    runs, current, remaining, switch_seconds, expect
+):
+    costs = _costs(t5=1.4, t9=1.6)
+    got = speculate.switch(runs, costs, current, pads_misses=True, remaining=remaining, switch_seconds=switch_seconds)
+    assert got is not None and got > 0 if expect == "on" else got == expect, got
+
+
+def test_a_plain_step_is_estimated_from_a_wider_one_until_one_is_measured():
+    costs = StepCosts()
+    assert costs.plain_seconds() is None
+    costs.observe(5, 0.030)
+    assert costs.plain_seconds() == pytest.approx(0.030 / costs.ratio(5))
+    costs.observe(1, 0.020)
+    assert costs.plain_seconds() == pytest.approx(0.020)
+
+
 def test_a_chats_next_turn_stays_where_its_kv_cache_is():
     governor = Governor(pads_misses=True)
     history = list(range(100, 300))

@@ -11,6 +11,8 @@ Speed is measured by benchmarks/speculate.py, not here.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,51 @@ def test_greedy_output_is_token_identical_with_and_without_speculation(exact, ba
             # the answer copies the prompt: lookup drafts, and most drafts are the model's own next tokens
             assert looked.drafted > 0 and looked.accepted > 0.5 * looked.drafted, looked
             assert auto.drafted > 0 and auto.accepted > 0, auto  # a long new prompt starts speculating
+
+
+def test_openvino_auto_switches_pipelines_mid_answer_without_changing_it(exact, caplog):
+    """OpenVINO fixes the draft width for a whole generation, so `auto` plans each request from earlier answers
+    and corrects the plan while the answer is generated, by continuing in the other pipeline. The governor is
+    given what it would otherwise learn: first that long prompts' answers copied nothing and that a plain step
+    is slow, so a copy starts plainly and must switch to prompt lookup; then that long prompts' answers copied
+    and that drafting is dear, so a new story after a long text starts drafting and must switch to plain
+    decoding. Either way the tokens are plain decoding's (32-bit math), and the streamed text spells them."""
+    ref, load = exact["openvino"]
+    story = f"{PARAGRAPH}\n\nNow forget that text and write a new story about a robot who learns to paint."
+    options = {"temperature": 0, "max_tokens": 96}
+    with aipc.load(ref, backend="openvino", device="cpu", speculate="off", **load) as model:
+        plain = {prompt: list(model.stream(prompt, **options))[-1] for prompt in (COPY, story)}
+    with aipc.load(ref, backend="openvino", device="cpu", speculate="auto", **load) as model:
+        governor = model._backend._speculator.governor
+        list(model.stream(COPY, **options))  # a long prompt, planned from the prior: opens the prompt-lookup pipeline
+        for start in (2000, 3000, 4000, 6000):  # long prompts whose answers were not in them
+            governor.record("long", list(range(start, start + 200)), list(range(start + 500, start + 600)))
+        for width, seconds in ((1, 0.5), (5, 0.55), (9, 0.6), (13, 0.65)):
+            governor.costs.observe(width, seconds)
+        with caplog.at_level(logging.DEBUG, logger="aipc"):
+            *deltas, copied = model.stream(COPY, **options)
+        assert "continuing with 0 drafts" not in caplog.text and "continuing with" in caplog.text, caplog.text
+        assert copied.drafted > 0 and copied.accepted > 0.5 * copied.drafted, copied
+        _assert_same_or_tied(ref, "openvino", load, COPY, plain[COPY].token_ids, copied.token_ids)
+        _assert_spells(model, deltas, copied)
+
+        for start in (2000, 3000, 4000, 6000):  # long prompts whose answers copied them
+            governor.record("long", list(range(start, start + 200)), list(range(start + 20, start + 120)))
+        governor.costs = speculate.StepCosts()  # checks measured dear
+        for width, seconds in ((1, 0.5), (5, 2.0), (9, 3.0), (13, 4.0)):
+            governor.costs.observe(width, seconds)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="aipc"):
+            *deltas, wrote = model.stream(story, **options)
+        assert "continuing with 0 drafts" in caplog.text, caplog.text
+        _assert_same_or_tied(ref, "openvino", load, story, plain[story].token_ids, wrote.token_ids)
+        _assert_spells(model, deltas, wrote)
+
+
+def _assert_spells(model, deltas, done) -> None:
+    """The streamed text is the answer's tokens detokenized (less the end-of-turn marker, which is cut)."""
+    text, full = "".join(d.text for d in deltas), model.detokenize(done.token_ids)
+    assert full.startswith(text) and len(full) - len(text) <= len("<|im_end|>"), (text, full)
 
 
 @pytest.mark.parametrize(("total_kib", "speculates"), [(1 << 20, False), (64 << 20, True)])

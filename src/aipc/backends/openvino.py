@@ -349,14 +349,14 @@ class OpenVINOModel:
             try:
                 if spec is None:
                     result = self._pipe.generate(inputs, gc, text_streamer(self._tok, keep))
+                    tokens, finish = result.tokens[0], result.finish_reasons[0]
                 else:
                     seeded = config.seed is not None and not config.greedy
-                    result = spec.generate(self._pipe, self._tok, prompt, inputs, gc, keep, seeded)
+                    tokens, finish = spec.generate(self._pipe, self._tok, prompt, gc, keep, seeded)
             except RuntimeError as exc:
                 raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
             end = _now()
-            tokens = result.tokens[0]
-            reason = "cancelled" if cancel.is_set() else _FINISH.get(result.finish_reasons[0], "stop")
+            reason = "cancelled" if cancel.is_set() else _FINISH.get(finish, "stop")
             counts = spec.settle() if spec is not None else None
             drafted, accepted = (counts.drafted, counts.accepted) if counts else (0, 0)
             return Finished(reason, n_prompt, len(tokens), end, tuple(int(t) for t in tokens), drafted, accepted)

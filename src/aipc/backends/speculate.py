@@ -44,9 +44,10 @@ MARGIN = 0.05  # speculate when the replay predicts at least this much more spee
 LONG_PROMPT = 64  # new prompt tokens from which a request counts as one answers may copy from
 PRIOR_WIDTH = 4  # the width a long prompt starts with before anything is measured
 _MIN_EVIDENCE = 12  # answer positions measured before a request's own measurement outweighs the prior
-_WINDOW = 96  # the most recent measured positions the per-step rule replays
-_RECONSIDER = 3  # new measured positions before the per-step rule decides again
+WINDOW = 96  # the most recent measured positions the per-step rule replays
+RECONSIDER = 3  # new measured positions before the per-step rule decides again
 _HISTORY = 384  # measured positions kept per kind of request for the per-request rule
+SWITCH_PAYBACK = 1.5  # a mid-generation switch must save this many times what it costs (see `switch`)
 # `auto` never costs more memory than this share of the machine's: on OpenVINO GenAI, whose prompt lookup needs
 # a second pipeline (its own compiled weights and KV cache), a model whose second pipeline would take more is
 # decoded plainly (`lookup` still speculates when asked for).
@@ -109,15 +110,23 @@ class Lookup:
 
     def propose(self, k: int) -> list[int]:
         """Up to k tokens that may come next ([] when the last tokens never occurred before)."""
+        end = self._match() if k > 0 else None
+        return [] if end is None else self._ids[end + 1 : end + 1 + k]
+
+    def ahead(self) -> int:
+        """How many tokens follow the occurrence `propose` copies from, up to the text's end (0: none): while an
+        answer copies a passage of its prompt, about how much of it is left, plus the answer so far."""
+        end = self._match()
+        return 0 if end is None else len(self._ids) - 1 - end
+
+    def _match(self) -> int | None:
         ids = self._ids
         last = len(ids) - 1
-        if k <= 0 or last < 1:
-            return []
         for n in range(min(self._n, last), 0, -1):
             end = self._first.get(tuple(ids[last - n + 1 :]))
             if end is not None and end < last:
-                return ids[end + 1 : end + 1 + k]
-        return []
+                return end
+        return None
 
 
 class Shadow:
@@ -180,7 +189,14 @@ class StepCosts:
             self._seconds[tokens] = seconds if old is None else old + self._WEIGHT * (seconds - old)
 
     def plain_seconds(self) -> float | None:
-        return self._seconds.get(1)
+        """A plain step's measured seconds; before one is measured, a measured wider step's by the prior."""
+        with self._lock:
+            seconds = dict(self._seconds)
+        if 1 in seconds:
+            return seconds[1]
+        for tokens, s in sorted(seconds.items()):
+            return s / (1.0 + self.PRIOR_FIXED + self.PRIOR_PER_TOKEN * (tokens - 1))
+        return None
 
     def ratio(self, tokens: int) -> float:
         """Cost of a forward pass over `tokens` tokens, relative to a plain one-token step."""
@@ -231,6 +247,39 @@ def best_width(
     scored = [(replay(runs, w, ratios, pads_misses=pads_misses), w) for w in widths]
     speed, width = max(scored)
     return width, speed
+
+
+def switch(
+    runs: Sequence[tuple[int, int]],
+    costs: StepCosts,
+    current: int,
+    *,
+    pads_misses: bool,
+    remaining: int,
+    switch_seconds: float,
+    widths: Sequence[int] = WIDTHS,
+) -> int | None:
+    """Mid-generation, for runtimes that fix the draft width for a whole generation: the width to continue
+    with (0: plain decoding) when switching pays, else None to go on as now (`current`, 0 when plain).
+
+    Switching costs `switch_seconds` (the other pipeline prefills the text so far). It pays when the answer's
+    own measured positions (`runs`) predict that the `remaining` tokens take at least SWITCH_PAYBACK times
+    that much less time than going on as now. Only plain decoding and drafting are switched between."""
+    plain = costs.plain_seconds()
+    if plain is None or len(runs) < _MIN_EVIDENCE:
+        return None
+    ratios = [costs.ratio(1 + d) for d in range(max(widths) + 1)]
+    now = replay(runs, current, ratios, pads_misses=pads_misses) if current else 1.0
+    if current:
+        target, speed = 0, 1.0
+        if now >= 1.0 - MARGIN:
+            return None
+    else:
+        target, speed = best_width(runs, costs, pads_misses=pads_misses, widths=widths)
+        if speed < 1.0 + MARGIN:
+            return None
+    saved = remaining * plain * (1.0 / now - 1.0 / speed)
+    return target if saved > SWITCH_PAYBACK * switch_seconds else None
 
 
 # --- the rule ------------------------------------------------------------------------------------------------
@@ -293,6 +342,11 @@ class Governor:
             self._last_width = width
         return kind, width
 
+    def continue_with(self, width: int) -> None:
+        """The width a generation ended with (it may have switched): a chat's next turn stays there."""
+        with self._lock:
+            self._last_width = width
+
     def record(self, kind: str, prompt: Sequence[int], answer: Sequence[int]) -> None:
         """Measure lookup on a finished answer (replayed from its tokens, free) for the next plan."""
         shadow = Shadow(Lookup(prompt))
@@ -350,9 +404,9 @@ class Stepper:
         known = self.shadow.known()
         if known < _MIN_EVIDENCE:
             return self._planned
-        if self._decided and known - self._decided[0] < _RECONSIDER:
+        if self._decided and known - self._decided[0] < RECONSIDER:
             return self._decided[1]
-        runs = self.shadow.runs[max(0, known - _WINDOW) : known]
+        runs = self.shadow.runs[max(0, known - WINDOW) : known]
         width, speed = best_width(runs, self.governor.costs, pads_misses=False, widths=self.governor.widths)
         # hysteresis: drafting starts above 1 + MARGIN and stops once it no longer gains anything
         self._on = speed > 1.0 if self._on else speed >= 1.0 + MARGIN
