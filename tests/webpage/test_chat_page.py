@@ -53,7 +53,7 @@ def test_the_stop_button_ends_the_answer_marks_it_stopped_and_frees_the_server(p
     assert page.is_enabled("#send") and not page.is_enabled("#stop")
     assert answers(page).locator(".stopped").inner_text() == "(stopped)"
     kept = answers(page).locator(".content").inner_text()
-    assert len(kept) > 40  # what had arrived stays in the conversation
+    assert len(kept) >= 40  # what had arrived (40 characters or more when stopped) stays in the conversation
     wait_for(lambda: httpx.get(server.url + "/health", timeout=5).json()["running"] == 0, timeout=1.0)
     # The conversation goes on: the next question is sent with the history, and answered.
     sent = chat_requests(page)

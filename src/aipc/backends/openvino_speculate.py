@@ -7,7 +7,8 @@ drafts (the runtime's acceptance rule). A prompt-lookup pipeline refuses request
 pads the candidates), so speculation cannot be switched off inside it: measured on the 135M model, such a step
 costs 1.2x (1 draft) to 1.6x (8 drafts) a plain one. `auto` therefore keeps the plain pipeline and sends each
 request to one or the other as `speculate.Governor` plans, opening the prompt-lookup pipeline the first time
-it is needed. The step streamer measures what each step checked and took, which feeds the plan.
+it is needed, and moves an answer to the other pipeline midway where its own tokens say that pays
+(`Speculator`). The step streamer measures what each step checked and took, which feeds the plan.
 """
 
 from __future__ import annotations

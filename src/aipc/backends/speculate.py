@@ -22,7 +22,9 @@ generates and speculates only when the measurement says it is faster:
 Where the runtime lets aipc decide per step (llama.cpp's draft-model hook), the rule runs at every step on the
 answer's own recent positions. Elsewhere (OpenVINO GenAI, ONNX Runtime GenAI) it decides per request, from the
 measured answers of earlier requests of the same kind (a long new prompt, from which answers often copy, or a
-short one); with none yet, long prompts start speculating and short ones do not. On OpenVINO GenAI, prompt
+short one); with none yet, long prompts start speculating and short ones do not. On OpenVINO GenAI the
+answer's own positions then correct that plan midway (`switch`): the answer moves to the other pipeline when
+what the move saves on the rest of the answer repays the prefill it costs. On OpenVINO GenAI, prompt
 lookup runs in a second pipeline, which holds its own copy of the compiled weights and its own KV cache:
 `auto` opens it only when that costs at most AUTO_MEMORY_SHARE of the machine's memory.
 """
