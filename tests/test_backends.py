@@ -147,6 +147,16 @@ def test_seeded_sampling_is_reproducible(embedded_on, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_unseeded_sampling_draws_afresh_for_every_request(embedded_on, backend):
+    """Without a seed, repeated requests sample different answers (as Ollama and OpenAI do); OpenVINO's own
+    default seed is fixed, so it would give the same answer every time."""
+    model = embedded_on(backend)
+    opts = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 24}
+    answers = {model.generate("Tell me a story.", **opts) for _ in range(4)}
+    assert len(answers) >= 2, answers
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_context_overflow_names_the_limit(embedded_on, backend):
     model = embedded_on(backend)
     limit = model.info.max_prompt_tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -323,8 +324,8 @@ class OpenVINOModel:
             gc.top_p = cfg.top_p
             if cfg.top_k:
                 gc.top_k = cfg.top_k
-            if cfg.seed is not None:
-                gc.rng_seed = cfg.seed
+            # OpenVINO's own default seed is 0, which would draw the same answer for every unseeded request.
+            gc.rng_seed = cfg.seed if cfg.seed is not None else secrets.randbits(32)
         if cfg.json_schema is not None:
             gc.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=cfg.json_schema)
         return gc
