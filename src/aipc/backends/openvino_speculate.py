@@ -172,6 +172,9 @@ class Speculator:
         ids = list(prompt)
         answer: list[int] = []
         parts: list[tuple[int, int, StepStreamer]] = []  # (width, prompt length, part)
+        # Whether the answer may move at all (a closed prompt-lookup pipeline whose opening was never timed cannot
+        # be costed): only then are its positions measured while it is generated, rather than once at the end.
+        movable = switchable and (self._lookup_pipe is not None or width or self._open_seconds is not None)
 
         def decide(part: StepStreamer) -> int | None:
             for token in part.tokens[len(part.tokens) - part.steps[-1][1] :]:
@@ -181,9 +184,7 @@ class Speculator:
                 return None
             if len(part.steps) % speculate.RECONSIDER:
                 return None
-            opening = 0.0 if self._lookup_pipe is not None or width else self._open_seconds
-            if opening is None:  # never opened: what that costs is not known
-                return None
+            opening = 0.0 if self._lookup_pipe is not None or width else self._open_seconds or 0.0
             known = shadow.known()
             (began, _), n = part.steps[0], len(ids)
             prefill = (began - part.began) * (n + len(part.tokens)) / n  # the other pipeline's prefill, scaled
@@ -203,7 +204,7 @@ class Speculator:
                 self._open_seconds = _now() - opened
             _configure(gc, width)
             gc.max_new_tokens = budget - len(answer)
-            part = StepStreamer(text, decide if switchable and len(parts) < self.MAX_SWITCHES else None)
+            part = StepStreamer(text, decide if movable and len(parts) < self.MAX_SWITCHES else None)
             result = (self._lookup_pipe if width else pipe).generate(token_inputs(ids), gc, part)
             parts.append((width, len(ids), part))
             answer += part.tokens
@@ -224,7 +225,10 @@ class Speculator:
                     part_counts = lookup_counts(ids[:start], part.tokens, part.steps, drafts)
                     counts.drafted += part_counts.drafted
                     counts.accepted += part_counts.accepted
-            governor.record(kind, prompt, answer)
+            if len(shadow.runs) == len(answer):  # measured while generating: not replayed again
+                governor.remember(kind, prompt, shadow)
+            else:
+                governor.record(kind, prompt, answer)
             return counts
 
         self._pending = settle
