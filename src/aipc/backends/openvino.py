@@ -28,6 +28,7 @@ from aipc.backends.base import (
     stream_from_callback,
     vocab_special_tokens,
 )
+from aipc.backends.mapped import MappedWeights
 from aipc.backends.openvino_speculate import text_streamer
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
@@ -166,9 +167,10 @@ class OpenVINOModel:
         path = ir_path(source, device)
         self._context = sum(npu_limits(config)) if is_npu else self._choose_context(source, path, config, device)
         self._ir = path
+        self._weights = MappedWeights(path)
         self._speculator = self._speculation(config, device, source)
         try:
-            self._pipe = self._open(path, config, device)
+            self._pipe = self._open_settled(path, config, device)
         except RuntimeError as exc:
             raise UsageError(f"OpenVINO could not load {source.name} on {device.name}: {_last_line(exc)}") from None
         self._tok = self._pipe.get_tokenizer()
@@ -252,6 +254,16 @@ class OpenVINOModel:
             **extra,
         )
 
+    def _open_settled(self, path: Path, config: LoadConfig, device: DeviceInfo, **extra):
+        """`_open`, releasing the pages of the weights file it maps while it compiles, and arming the release for
+        its first inference, when the CPU plugin repacks the weights and the mapped ones stop being read
+        (`aipc.backends.mapped`)."""
+        self._weights.opened()
+        with self._weights.settling():
+            pipe = self._open(path, config, device, **extra)
+        self._weights.opened()
+        return pipe
+
     def _speculation(self, config: LoadConfig, device: DeviceInfo, source: ModelSource):
         """The speculator for `config.speculate` (see `openvino_speculate`), or None for plain decoding. auto on
         the NPU is plain decoding (its static pipeline has no prompt lookup), and so is auto for a model whose
@@ -268,7 +280,7 @@ class OpenVINOModel:
         refuse_on(spec, device)
 
         def open_lookup():
-            return self._open(self._ir, config, device, prompt_lookup=True)
+            return self._open_settled(self._ir, config, device, prompt_lookup=True)
 
         return Speculator(spec, open_lookup)
 
@@ -348,12 +360,13 @@ class OpenVINOModel:
             # (`<|tool_call|>`) is made of them, and the engine decides what reaches the answer.
             spec = self._speculator
             try:
-                if spec is None:
-                    result = self._pipe.generate(inputs, gc, text_streamer(self._tok, keep))
-                    tokens, finish = result.tokens[0], result.finish_reasons[0]
-                else:
-                    seeded = config.seed is not None and not config.greedy
-                    tokens, finish = spec.generate(self._pipe, self._tok, prompt, gc, keep, seeded)
+                with self._weights.settling():
+                    if spec is None:
+                        result = self._pipe.generate(inputs, gc, text_streamer(self._tok, keep))
+                        tokens, finish = result.tokens[0], result.finish_reasons[0]
+                    else:
+                        seeded = config.seed is not None and not config.greedy
+                        tokens, finish = spec.generate(self._pipe, self._tok, prompt, gc, keep, seeded)
             except RuntimeError as exc:
                 raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
             end = _now()
@@ -391,7 +404,8 @@ class OpenVINOModel:
         gc.num_return_sequences = n
         began = _now()
         try:
-            result = self._pipe.generate(token_inputs(prompt), gc)
+            with self._weights.settling():
+                result = self._pipe.generate(token_inputs(prompt), gc)
         except RuntimeError as exc:
             raise GenerationError(f"OpenVINO generation failed: {_last_line(exc)}") from None
         end = _now()
@@ -418,7 +432,7 @@ class OpenVINOModel:
         self._pipe = None
         if self._speculator is not None:
             self._speculator.forget()
-        self._pipe = self._open(self._ir, self._load_config, self._device)
+        self._pipe = self._open_settled(self._ir, self._load_config, self._device)
         self._tok = self._pipe.get_tokenizer()
         cancel = threading.Event()
         for _ in self.generate(self.tokenize(self._tok.get_bos_token() or " "), GenerationConfig(max_tokens=1), cancel):

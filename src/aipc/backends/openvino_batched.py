@@ -188,7 +188,8 @@ class OpenVINOBatchedModel(OpenVINOModel):
                 if not active and not self._pipe.has_non_finished_requests():
                     continue
                 try:  # with nothing active, a step still frees the KV blocks of requests just cancelled
-                    self._pipe.step()
+                    with self._weights.settling():  # the first step repacks the weights (`aipc.backends.mapped`)
+                        self._pipe.step()
                 except RuntimeError as exc:
                     error = GenerationError(f"OpenVINO generation failed: {_last_line(exc)}")
                     for request in active.values():
