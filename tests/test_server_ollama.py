@@ -242,6 +242,42 @@ def test_copy_then_delete(client):
     assert info.value.status_code == 400
 
 
+def test_delete_while_the_model_loads_is_refused_and_the_load_completes(client, http):
+    import threading
+
+    from aipc.store import store
+
+    if store.find("smol-loading"):
+        store.remove("smol-loading")
+    client.copy(MODEL, "smol-loading")
+    answers = []
+    chat = threading.Thread(
+        target=lambda: answers.append(client.chat(model="smol-loading", messages=PARIS, options={"num_predict": 4}))
+    )
+    chat.start()
+    states = lambda: {m["name"]: m["state"] for m in http.get("/api/ps").json()["models"]}  # noqa: E731
+    wait_for(lambda: states().get("smol-loading") == "loading", timeout=60, interval=0.02)
+    r = http.request("DELETE", "/api/delete", json={"model": "smol-loading"})
+    assert r.status_code == 409 and "loading" in r.json()["error"]
+    chat.join(120)
+    assert answers and answers[0].message.content  # the request that loaded it was served
+    wait_for(lambda: "smol-loading" not in states(), timeout=30)  # the refused delete asked for an unload
+    assert client.delete("smol-loading").status == "success"
+
+
+def test_a_keep_alive_too_long_to_count_is_forever(client, http):
+    name = stored_copy("smollm2-b")
+    for keep in (1e20, "1000000000h"):
+        reply = client.generate(model=name, keep_alive=keep)
+        assert reply.done_reason == "load"
+        r = http.get("/api/ps")
+        assert r.status_code == 200
+        shown = {m["name"]: m["expires_at"] for m in r.json()["models"]}
+        assert shown[name] > "2100"  # as a model kept with keep_alive -1
+    client.generate(model=name, keep_alive=0)
+    wait_for(lambda: name not in [m.model for m in client.ps().models], timeout=10)
+
+
 def test_pull_from_the_hub_look_alike_then_chat_and_delete(client, phi3_fixtures, monkeypatch):
     from aipc.convert.api import convert
     from aipc.store import store

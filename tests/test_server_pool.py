@@ -285,7 +285,8 @@ def test_keep_alive_and_sizes_parse_as_ollama_and_people_write_them():
         None,
         2.5,
     ]
-    for bad in ("forever", "5 minutes", "", True, "1h-"):
+    assert [parse_keep_alive(v) for v in (1e20, "1000000000h", float("inf"), 3e9)] == [None, None, None, None]
+    for bad in ("forever", "5 minutes", "", True, "1h-", float("nan")):
         with pytest.raises(InvalidConfigError):
             parse_keep_alive(bad)
     assert parse_size("8G") == 8 * 2**30 and parse_size("512MB") == 512 * 2**20 and parse_size("1000") == 1000

@@ -43,7 +43,7 @@ from aipc.engine import context as ctx_policy
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.engine.logprobs import logprobs_from_logits
-from aipc.errors import UsageError
+from aipc.errors import ModelNotFoundError, UsageError
 from aipc.store.resolve import ModelSource
 
 # Tokens per prompt-evaluation step (llama.cpp's n_batch and n_ubatch), and the granularity of KV-cache reuse.
@@ -77,7 +77,9 @@ class LlamaCppModel:
     def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
         from aipc.store.gguf_header import read_metadata
 
-        path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"))
+        path = source.path if source.path.is_file() else next(source.path.glob("*.gguf"), None)
+        if path is None or not path.is_file():  # removed since it was resolved (`aipc rm` while loading)
+            raise ModelNotFoundError(f"{source.name}'s GGUF file is gone from {source.path}")
         self._gpu_layers = -1 if device.name == "gpu" else 0
         dims = ctx_policy.dims_from_gguf(read_metadata(path))
         kv_type = config.kv_cache or DEFAULT_KV

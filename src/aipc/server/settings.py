@@ -105,6 +105,7 @@ def _positive(name: str, value: int) -> None:
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+KEEP_ALIVE_FOREVER_S = 100 * 365.25 * 86400
 KEEP_ALIVE_HINT = "a duration such as 5m, 1h30m or 30s, or a number of seconds (0 unloads at once, negative never)"
 
 
@@ -128,9 +129,10 @@ def parse_keep_alive(value: object) -> float | None:
             seconds = sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
     else:
         raise InvalidConfigError(f"keep_alive must be {KEEP_ALIVE_HINT}, got {value!r}")
-    if not math.isfinite(seconds):
+    if math.isnan(seconds):
         raise InvalidConfigError(f"keep_alive must be {KEEP_ALIVE_HINT}, got {value!r}")
-    return None if seconds < 0 else seconds
+    # as Ollama: a duration too long to count (here: past a century, beyond any clock's dates) is forever
+    return None if seconds < 0 or seconds > KEEP_ALIVE_FOREVER_S else seconds
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)

@@ -110,8 +110,9 @@ def register(app: FastAPI, state: core.ServerState) -> None:
         name = state.check_name(body.model_name)
         await run_in_threadpool(library.check_deletable, name)
         entry = await state.pool.stop(name)
-        if entry is not None and entry.state == "ready":
-            raise APIError(409, f"model {name!r} is in use; delete it when its requests are done", code="in_use")
+        if entry is not None and entry.state in ("loading", "ready"):
+            doing = "loading" if entry.state == "loading" else "in use"
+            raise APIError(409, f"model {name!r} is {doing}; delete it when its requests are done", code="in_use")
         await run_in_threadpool(library.delete, name)
         return Response(status_code=200)
 
