@@ -84,6 +84,42 @@ def test_openai_lists_and_retrieves_the_served_model(client):
         client.models.retrieve("gpt-4o")
 
 
+def test_a_model_card_is_the_same_from_both_routes(client):
+    listed = {m.id: m for m in client.models.list().data}["smollm2:135m"]
+    assert client.models.retrieve("smollm2:135m").created == listed.created
+
+
+def test_what_clients_send_back_as_openai_defines_it_is_taken(client, http):
+    ask = [{"role": "user", "content": "Say hi."}]
+    # null for a field OpenAI lets be null means its default
+    r = http.post("/v1/chat/completions", json={"messages": ask, "max_tokens": 3, "stream": None, "n": None})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 1
+    r = http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "echo": None, "n": None, "stream": None})
+    assert r.status_code == 200 and not r.json()["choices"][0]["text"].startswith("Hi")
+    # a whole earlier reply resent (model_dump has annotations), an assistant's refusal part
+    earlier = client.chat.completions.create(model="smollm2:135m", messages=ask, max_tokens=3)
+    resent = earlier.choices[0].message.model_dump()
+    refusal = {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]}
+    messages = [*ask, resent, {"role": "user", "content": "Again."}, refusal, {"role": "user", "content": "Once more."}]
+    assert client.chat.completions.create(model="smollm2:135m", messages=messages, max_tokens=3).choices
+    # more than OpenAI's 4 stop strings, as lm-eval's code tasks send
+    stops = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "<|endoftext|>"]
+    assert client.completions.create(model="smollm2:135m", prompt="def add(a, b):\n", max_tokens=8, stop=stops)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([{"type": "text"}], "a text part needs a string 'text'"),
+        ([{"type": "image_url", "image_url": {"url": "data:,"}}], "only text content parts"),
+        ([{"type": "refusal", "refusal": "no"}], "only text content parts"),  # a user's refusal part is not text
+    ],
+)
+def test_a_content_part_the_model_cannot_take_is_named(http, content, message):
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+    assert r.status_code == 400 and message in r.json()["error"]["message"]
+
+
 def test_text_completion_sends_the_prompt_raw(client, model):
     prompt = "The capital of France is"
     reply = client.completions.create(model="smollm2:135m", prompt=prompt, max_tokens=6, temperature=0)
@@ -194,7 +230,7 @@ def test_openai_client_sees_each_error_as_its_exception(client, kwargs, error, p
         (chat_body(max_tokens=10**12), "messages", "maximum context length is 8192 tokens"),
         ('{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature", "got NaN"),
         (chat_body(stream="yes"), "stream", "valid boolean"),
-        (chat_body(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
+        (chat_body(stop=[str(i) for i in range(33)]), "stop", "at most 32"),
         (chat_body(stop=[""]), "stop", "1 to 256 characters"),
         (chat_body(stop=5), "stop", "valid string"),
         (chat_body(n=129), "n", "less than or equal to 128"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,10 +43,15 @@ def register(app: FastAPI, state: core.ServerState) -> None:
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> JSONResponse:
+        from aipc.server import library
+
         name = state.check_name(model_id)
         if state.pool.find(name) is None:
             await state.sources(name)
-        return JSONResponse(protocol.model_card(name, protocol.now()))
+        listed = {m.name: m for m in await run_in_threadpool(library.runnable)}.get(name)
+        # the time /v1/models gives; a model opened from a path (not listed): its file's
+        created = int(listed.modified) if listed is not None else _modified(name)
+        return JSONResponse(protocol.model_card(name, created))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -54,6 +60,17 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await _complete(state, request, chat=False)
+
+
+def _modified(path: str) -> int:
+    """When the model at `path` was last changed; the server's start where that cannot be read."""
+    try:
+        return int(os.stat(path).st_mtime)
+    except (OSError, ValueError):
+        return _STARTED
+
+
+_STARTED = protocol.now()
 
 
 def _param(name: str) -> str:

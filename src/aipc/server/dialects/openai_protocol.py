@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aipc.server.errors import APIError
 
-MAX_STOP = 4  # as OpenAI
+# OpenAI allows 4; vLLM and llama.cpp's server set no limit, and evaluation harnesses send more (lm-eval's code
+# tasks: 5 or 6 stop strings each).
+MAX_STOP = 32
 MAX_COMPLETION_LOGPROBS = 5  # as OpenAI's completions API
 MAX_CHOICES = 128  # prompts x n in one request
 MAX_STOP_CHARS = 256
@@ -58,22 +60,33 @@ class Message(_Body):
     tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, checked by aipc.engine.tools
     tool_call_id: str | None = None  # the call a tool message answers
     refusal: str | None = None  # echoed back by clients that resend whole assistant messages
+    annotations: list[Any] | None = None  # likewise (url citations of OpenAI's search models); not used
+    audio: dict[str, Any] | None = None  # likewise (a reference to an earlier spoken reply); not used
+    function_call: None = None  # the deprecated form of tool_calls: null only, as a resent message has it
 
     def text(self, index: int) -> str:
         """The message's text: a string, or the concatenated text of `{"type": "text"}` parts."""
         if isinstance(self.content, str):
             return self.content
+        param = f"messages[{index}].content"
         if self.content is None:
-            raise APIError(400, f"messages[{index}].content must be a string", param=f"messages[{index}].content")
+            raise APIError(
+                400,
+                f"{param} must be a string or a list of text parts (null only in an assistant message with tool_calls)",
+                param=param,
+            )
         texts = []
         for j, part in enumerate(self.content):
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type")
+            # an assistant's earlier refusal, resent with the conversation, is what it said
+            key = "refusal" if kind == "refusal" and self.role == "assistant" else "text" if kind == "text" else None
+            if key is None:
                 raise APIError(
-                    400,
-                    f"messages[{index}].content[{j}]: only text content parts are supported by this model",
-                    param=f"messages[{index}].content",
+                    400, f"{param}[{j}]: only text content parts are supported by this model, got {kind!r}", param=param
                 )
-            texts.append(part["text"])
+            if not isinstance(part.get(key), str):
+                raise APIError(400, f"{param}[{j}]: a {kind} part needs a string {key!r}", param=param)
+            texts.append(part[key])
         return "".join(texts)
 
 
@@ -96,6 +109,12 @@ class _Sampling(_Body):
     # Not OpenAI's, but common in local servers (vLLM, llama.cpp): aipc's own sampling options.
     top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
     repetition_penalty: float | None = Field(default=None, gt=0)
+
+    @field_validator("stream", "n", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: Any) -> Any:
+        """OpenAI's schema lets these be null, meaning their default; clients that send every field send that."""
+        return cls.model_fields[info.field_name].default if value is None else value
 
     @field_validator("stop")
     @classmethod
@@ -205,6 +224,11 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _null_echo(cls, value: Any) -> Any:
+        return False if value is None else value
 
     def check_supported(self) -> None:
         super().check_supported()
