@@ -126,6 +126,45 @@ def test_required_calls_one_of_the_tools_with_valid_arguments(client):
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_calls_cut_off_by_max_tokens_never_reach_content(client, stream):
+    """A forced call stopped by the token limit ends with "length": the calls it completed come as tool_calls,
+    the one it was writing is dropped, and its markup never becomes content."""
+    seen = set()
+    for max_tokens in (6, 12, 20, 40, 60):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            temperature=0.7,
+            seed=1,
+            max_tokens=max_tokens,
+            stream=stream,
+        )
+        if stream:
+            chunks = [c for c in reply if c.choices]
+            content = "".join(c.choices[0].delta.content or "" for c in chunks)
+            parts = [p for c in chunks for p in c.choices[0].delta.tool_calls or ()]
+            calls = [
+                (p.function.name, "".join(q.function.arguments for q in parts if q.index == p.index))
+                for p in parts
+                if p.id
+            ]
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
+        else:
+            message = reply.choices[0].message
+            content = message.content or ""
+            calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+            finish = [reply.choices[0].finish_reason]
+        assert content == "", (max_tokens, content)
+        for name, arguments in calls:
+            assert name in ("get_weather", "get_time") and isinstance(json.loads(arguments), dict)
+        assert finish in (["length"], ["tool_calls"])
+        seen.add((finish[0], bool(calls)))
+    assert ("length", False) in seen  # the limit cut the first call off
+
+
 def test_a_tool_result_fed_back_yields_a_text_answer(client):
     first = client.chat.completions.create(
         model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=NAMED, temperature=0

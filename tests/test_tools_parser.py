@@ -240,6 +240,36 @@ def test_parallel_calls_off_keeps_the_first_call():
     assert [c.name for c in parser.calls] == ["get_weather"] and parser.dropped == 1
 
 
+TIME = '{"name": "get_time", "arguments": {}}'
+
+
+@pytest.mark.parametrize(
+    ("family", "text", "kept"),
+    [
+        # calls complete before the cut are kept, the one cut off is dropped
+        ("generic", '{"tool_calls": [' + WEATHER + ", " + TIME + ', {"name": "get_', ["get_weather", "get_time"]),
+        ("phi4", "<|tool_call|>[" + WEATHER + ', {"name": "get_time", "argu', ["get_weather"]),
+        ("hermes", "<tool_call>\n" + WEATHER + "\n</tool_call>\n<tool_call>\n" + TIME[:20], ["get_weather"]),
+        ("hermes", "<tool_call>\n" + WEATHER, ["get_weather"]),  # the closing tag cut off: the call is whole
+        # a cut inside a call's arguments keeps nothing of it, even where its open brackets would close
+        ("generic", '{"tool_calls": [{"name": "get_weather", "arguments": {"city": {"a": 1}', []),
+        ("phi4", '<|tool_call|>[{"name": "get_weather", "arguments": {"list": [{"a": 1}', []),
+        ("generic", '{"tool_calls": [{"name": "get_weather",\n   }', []),
+    ],
+)
+def test_a_call_cut_off_by_the_token_limit_keeps_its_complete_calls_and_never_becomes_content(family, text, kept):
+    for pieces in ([text], [text[:7], text[7:30], text[30:]]):
+        parser = tools.ToolCallParser(fmt(family), names={"get_weather", "get_time"})
+        events = [e for piece in pieces for e in parser.feed("Sure. " * (piece is pieces[0]) + piece)]
+        events += parser.finish(truncated=True)
+        content = "".join(e.text for e in events if isinstance(e, tools.ContentDelta))
+        assert content == "Sure.", content
+        assert [c.name for c in parser.calls] == kept
+    # the same text from a generation that ended by itself is left as content, as any invalid markup is
+    if not kept:
+        assert "get_weather" in tools.parse(text, fmt(family), names={"get_weather", "get_time"}).content
+
+
 def test_finish_reason_is_tool_calls_only_for_a_normal_end():
     assert tools.finish_reason("stop", True) == "tool_calls"
     assert tools.finish_reason("length", True) == "length"

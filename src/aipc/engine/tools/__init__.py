@@ -13,7 +13,7 @@ gives the text to prefill and the JSON Schema the engine constrains the call wit
     grammar = tools.call_grammar(request, fmt)
     parser = tools.ToolCallParser.for_request(request, fmt, grammar)
     for delta in generated_text: events = parser.feed(delta)  # ContentDelta | ToolCallDelta
-    events = parser.finish(); finish = tools.finish_reason(reason, bool(parser.calls))
+    events = parser.finish(truncated=reason == "length"); finish = tools.finish_reason(reason, bool(parser.calls))
 """
 
 from __future__ import annotations

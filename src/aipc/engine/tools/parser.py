@@ -234,10 +234,14 @@ class ToolCallParser:
         self._run(out, final=False)
         return out
 
-    def finish(self) -> list[ContentDelta | ToolCallDelta]:
-        """The rest, once generation has ended: an unclosed call is parsed as far as it goes."""
+    def finish(self, truncated: bool = False) -> list[ContentDelta | ToolCallDelta]:
+        """The rest, once generation has ended: an unclosed call is parsed as far as it goes. `truncated`: the
+        generation was cut short (a token limit, a cancel), so an unclosed call is unfinished: the calls complete
+        within it are kept and the rest of its markup is dropped (never content)."""
         out: list[ContentDelta | ToolCallDelta] = []
-        if self._call is not None and self._closing:
+        if self._call is not None and truncated:
+            self._salvage(out)
+        elif self._call is not None and self._closing:
             self._call.raw += self._closing
             self._run(out, final=False)
         self._run(out, final=True)
@@ -334,9 +338,28 @@ class ToolCallParser:
         self._text = rest
         self._base = call.at + len(consumed)
         parsed = _calls_in(body, tagged)
-        if parsed is None or (self.names is not None and any(name not in self.names for name, _ in parsed)):
+        if parsed is None or not self._accept(out, parsed):
             self._reject(out, call, consumed, rest)
             return
+        # The whitespace before the call separates the text around it, if text follows (and preceded).
+        self._ws = call.ws_before if self._content else ""
+        self._after_call = True
+
+    def _salvage(self, out: list) -> None:
+        """The open call was cut off: keep the calls complete in it, drop the rest."""
+        call = self._call
+        assert call is not None
+        self._call, self._text = None, ""
+        complete, used = _complete_calls(call.raw[call.body_start :])
+        if complete is None or not self._accept(out, complete):
+            used = 0
+        self.rejected.append(call.raw[call.body_start + used :])
+        self._ws = ""
+
+    def _accept(self, out: list, parsed: list[tuple[str, str]]) -> bool:
+        """Report `parsed` calls; False (nothing reported) when one names a tool the request does not have."""
+        if self.names is not None and any(name not in self.names for name, _ in parsed):
+            return False
         for name, arguments in parsed:
             if not self.parallel and self.calls:
                 self.dropped += 1
@@ -345,9 +368,7 @@ class ToolCallParser:
             self.calls.append(ToolCall(new_call_id(), name, arguments))
             out.append(ToolCallDelta(index, self.calls[-1].id, name, ""))
             out.append(ToolCallDelta(index, arguments=arguments))
-        # The whitespace before the call separates the text around it, if text follows (and preceded).
-        self._ws = call.ws_before if self._content else ""
-        self._after_call = True
+        return True
 
     def _reject(self, out: list, call: _OpenCall, consumed: str, rest: str = "") -> None:
         self._call = None
@@ -397,6 +418,37 @@ def _decode_prefix(body: str) -> tuple[list[Any] | None, int]:
         values.append(value)
         used = j
     return (values or None), used
+
+
+def _complete_calls(body: str) -> tuple[list[tuple[str, str]] | None, int]:
+    """The calls complete in a call body cut off mid-way, and where the last of them ends: the longest prefix
+    that ends with a whole call (a top-level value, or an object in a top-level array or in the array of a
+    top-level object such as {"tool_calls": [...]}) and parses as calls once its open brackets are closed. A
+    cut inside a call's arguments never counts: its call object is not yet closed."""
+    stack: list[str] = []
+    in_string = escaped = False
+    best: tuple[list[tuple[str, str]] | None, int] = (None, 0)
+    for j, ch in enumerate(body):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]":
+            if not stack or stack.pop() != ("{" if ch == "}" else "["):
+                break
+            if ch == "}" and stack in ([], ["["], ["{", "["]):
+                candidate = body[: j + 1] + "".join("}" if c == "{" else "]" for c in reversed(stack))
+                calls = _calls_in(candidate, tagged=False)
+                if calls:
+                    best = (calls, j + 1)
+    return best
 
 
 def _calls_in(body: str, tagged: bool) -> list[tuple[str, str]] | None:

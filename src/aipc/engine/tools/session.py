@@ -173,7 +173,8 @@ class _Turn:
             close = getattr(events, "close", None)
             if close is not None:
                 close()
-        yield from self._shaped(parser.finish(), parser, t, base_index)
+        cut = self.done is not None and self.done.finish_reason in ("length", "cancelled")
+        yield from self._shaped(parser.finish(truncated=cut), parser, t, base_index)
 
     def _shaped(self, out: list, parser: ToolCallParser, t: float, base: int) -> Iterator[Event]:
         for item in out:
