@@ -219,7 +219,7 @@ def chat_prompt(
     param_of: Callable[[str], str] = lambda name: name,
     what: str = "messages",
     context_length: int | None = None,
-    fill: bool = False,
+    within_room: bool = False,
     tools: dict[str, Any] | None = None,
 ) -> Prepared:
     """The chat prompt's token ids (the model's template, content unable to forge control tokens) and options,
@@ -237,7 +237,7 @@ def chat_prompt(
         first = str(exc).split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0]
         raise to_api_error(exc, param=first if first in _TOOL_FIELDS else what) from None
     options = dict(options)
-    options["max_tokens"] = fit(entry, len(chat.ids), asked, config.max_tokens, what, context_length, fill)
+    options["max_tokens"] = fit(entry, len(chat.ids), asked, config.max_tokens, what, context_length, within_room)
     return Prepared(chat.ids, options, chat=chat if chat.plan is not None else None)
 
 
@@ -254,7 +254,7 @@ def text_prompt(
     what: str = "prompt",
     echo: bool = False,
     context_length: int | None = None,
-    fill: bool = False,
+    within_room: bool = False,
 ) -> Prepared:
     """A raw prompt (no template), as text or token ids, and options, max_tokens fitted to the context.
     Blocking."""
@@ -268,7 +268,7 @@ def text_prompt(
             raise to_api_error(exc, param=what) from None
         text = entry.model.detokenize(prompt) if echo else ""
     options = dict(options)
-    options["max_tokens"] = fit(entry, len(prompt), asked, config.max_tokens, what, context_length, fill)
+    options["max_tokens"] = fit(entry, len(prompt), asked, config.max_tokens, what, context_length, within_room)
     return Prepared(prompt, options, echo=text if echo else "")
 
 
@@ -279,11 +279,13 @@ def fit(
     default: int,
     what: str,
     context_length: int | None = None,
-    fill: bool = False,
+    within_room: bool = False,
 ) -> int:
     """max_tokens checked against the context: over it is a 400 `context_length_exceeded`, as OpenAI answers;
-    when not asked for, the model's default shortened to the room the prompt leaves, or (`fill`, Ollama's
-    unlimited num_predict) all of that room. `context_length` narrows the context for this request."""
+    when not asked for, the model's default shortened to the room the prompt leaves. `within_room`: Ollama's
+    num_predict, a limit rather than a request: not asked for (unlimited), all of the room; asked for, at most
+    the room (only a prompt that fills the context is refused). `context_length` narrows the context for this
+    request."""
     info = entry.model.info
     limit = info.max_prompt_tokens
     if limit is not None and n_prompt > limit:
@@ -307,6 +309,8 @@ def fit(
                 code="invalid_value",
             )
         return asked or default
+    if within_room and asked is not None and n_prompt < context:
+        asked = min(asked, context - n_prompt)
     wanted = asked or 1
     if n_prompt + wanted > context:
         raise APIError(
@@ -317,7 +321,7 @@ def fit(
             param=what,
             code="context_length_exceeded",
         )
-    return asked or (context - n_prompt if fill else min(default, context - n_prompt))
+    return asked or (context - n_prompt if within_room else min(default, context - n_prompt))
 
 
 # --- generation --------------------------------------------------------------------------------------------

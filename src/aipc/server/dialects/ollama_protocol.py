@@ -7,9 +7,10 @@ fields it knows are type-checked strictly (no "0.5" for 0.5), and a failure is a
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aipc.server.dialects.openai_protocol import parse
 from aipc.server.errors import APIError
@@ -25,10 +26,24 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
 
+    @field_validator("num_predict", "top_k", "seed", "num_ctx", "mirostat", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        """As Ollama reads its integer options from JSON numbers: 10.0 (as JavaScript clients send it) is 10, a
+        fraction is cut off, and a number past 64 bits is the largest."""
+        if isinstance(value, float) and math.isfinite(value):
+            return max(-(2**63), min(int(value), 2**63 - 1))
+        return value
+
+    @field_validator("top_k", mode="after")
+    @classmethod
+    def _top_k(cls, value: int | None) -> int | None:
+        return 0 if value is not None and value < 0 else value  # as Ollama's sampler: <= 0 turns top-k off
+
     num_predict: int | None = None
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    top_k: int | None = Field(default=None, le=2**31 - 1)
     seed: int | None = Field(default=None, le=2**63 - 1)
     stop: list[str] | str | None = None
     repeat_penalty: float | None = Field(default=None, gt=0)
