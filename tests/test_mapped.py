@@ -65,9 +65,8 @@ def test_settling_releases_once_per_opening(tmp_path):
     view, _ = mapped_file(tmp_path, "weights.bin", mmap.ACCESS_READ)
     prefix = str(tmp_path.resolve()) + os.sep
     weights = mapped.MappedWeights(tmp_path)
-    with weights.settling():
-        with weights.settling():  # nested: the outer one releases
-            sum(view[i] for i in range(0, SIZE, PAGE))
+    with weights.settling(), weights.settling():  # nested: the outer one releases
+        sum(view[i] for i in range(0, SIZE, PAGE))
     assert resident(prefix) <= 2 * PAGE
 
     sum(view[i] for i in range(0, SIZE, PAGE))

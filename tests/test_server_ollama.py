@@ -143,7 +143,7 @@ def test_format_json_schema_constrains_the_answer(client):
         ({"model": MODEL, "messages": PARIS, "keep_alive": "forever"}, 400, "keep_alive must be a duration"),
         ({"model": MODEL, "messages": PARIS, "think": True}, 400, "thinking"),
         ({"model": MODEL, "messages": PARIS, "format": {"type": "frobnitz"}}, 400, "frobnitz"),
-        ({"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, 400, "system, developer, user, assistant or tool"),
+        ({"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, 400, "developer, user, assistant or tool"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x"}] * 9}, 400, "at most 8"),
     ],
 )
