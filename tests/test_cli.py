@@ -57,8 +57,14 @@ def test_prompt_from_a_pipe():
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--max-tokens", "0"], "max_tokens must be an integer >= 1, got 0"),
-        (["--max-tokens", "-4"], "max_tokens must be an integer >= 1, got -4"),
+        (["--max-tokens", "0"], "max_tokens must be an integer from 1 to 2147483647, got 0"),
+        (["--max-tokens", "-4"], "max_tokens must be an integer from 1 to 2147483647, got -4"),
+        (["--max-tokens", "99999999999999999999"], "max_tokens must be an integer from 1 to 2147483647"),
+        (["--seed", "18446744073709551616"], "seed must be an integer from 0 to 9223372036854775807"),
+        (["--top-k", "99999999999999999999"], "top_k must be an integer from 0 to 2147483647"),
+        (["--context-length", "99999999999999999999"], "context_length must be an integer from 16 to 2147483647"),
+        (["--context-length", "100000"], "context length 100000 is over smollm2:135m's trained context of 8192"),
+        (["--speculate", "draft:nosuch"], "unknown model 'nosuch'"),
         (["--temperature", "-1"], "temperature must be a finite number >= 0"),
         (["--temperature", "inf"], "temperature must be a finite number >= 0 (0 is greedy), got inf"),
         (["--temperature", "nan"], "temperature must be a finite number >= 0 (0 is greedy), got nan"),

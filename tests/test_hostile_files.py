@@ -191,3 +191,63 @@ def test_a_disk_that_fills_up_during_convert_is_one_line(small_disk, tiny_gguf):
         assert not list((home / "models").rglob("*.gguf")) if (home / "models").is_dir() else True
     assert said <= {"disk", "converted"}, said  # every failure says what happened
     assert "disk" in said
+
+
+# --- chat templates in GGUF files, on llama.cpp -------------------------------------------------------------------
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _with_template(src: Path, dst: Path, template: str) -> Path:
+    """A copy of the GGUF `src` whose `tokenizer.chat_template` is `template`."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF.") and key not in ("general.architecture", "tokenizer.chat_template"):
+            sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub)
+    writer.add_chat_template(template)
+    for t in reader.tensors:
+        data = np.asarray(t.data)
+        writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def _limited_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))  # a regression fails, not the machine
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        # Jinja folds constant expressions when it compiles: llama-cpp-python's loader took all the memory here
+        ("{{ 'a' * 10**10 }}" + CHATML, "refused as unsafe"),
+        ("{% for %}" + CHATML, "chat template"),  # malformed: raised from inside llama-cpp-python's constructor
+        ("{% if false %}{{ 'a' * 10**10 }}{% endif %}" + CHATML, None),  # never rendered: the model answers
+    ],
+)
+def test_a_hostile_chat_template_in_a_gguf_is_one_line_on_llama_cpp(tiny_gguf, tmp_path, template, fragment):
+    path = _with_template(tiny_gguf, tmp_path / "model.gguf", template)
+    result = subprocess.run(
+        [sys.executable, "-m", "aipc", "run", str(path), "--backend", "llamacpp", "--max-tokens", "3", "Hi"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
+        preexec_fn=_limited_memory,
+    )
+    if fragment is None:
+        assert result.returncode == 0, result.stderr[-2000:]
+    else:
+        assert fragment in error_line(result) and result.returncode == 2

@@ -21,6 +21,7 @@ its draft-model hook (`aipc.backends.llamacpp_speculate`). aipc takes over two o
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -68,6 +69,40 @@ class LlamaCppBackend:
 
     def load(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> LlamaCppModel:
         return LlamaCppModel(source, config, device)
+
+
+_TEMPLATE_LOCK = threading.Lock()
+
+
+class _TemplateLeftAlone:
+    """Stands in for llama-cpp-python's `Jinja2ChatFormatter` while a model opens (`templates_left_alone`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def to_chat_handler(self):
+        def handler(*args, **kwargs):
+            raise UsageError("aipc renders chat templates itself; llama-cpp-python's chat handlers are not used")
+
+        return handler
+
+
+@contextlib.contextmanager
+def templates_left_alone() -> Iterator[None]:
+    """Open a `Llama` without compiling the GGUF's chat templates. llama-cpp-python compiles every template in
+    the file's metadata with an unsandboxed Jinja environment as it opens the model, and Jinja folds constant
+    expressions while compiling: a file whose template holds {{ 'a' * 10**10 }} took all the memory there, and
+    a malformed one raised from inside the constructor. aipc renders templates itself, sandboxed and bounded
+    (`aipc.engine.template`), and never calls llama-cpp-python's chat handlers, so none is compiled."""
+    from llama_cpp import llama_chat_format
+
+    with _TEMPLATE_LOCK:
+        original = llama_chat_format.Jinja2ChatFormatter
+        llama_chat_format.Jinja2ChatFormatter = _TemplateLeftAlone
+        try:
+            yield
+        finally:
+            llama_chat_format.Jinja2ChatFormatter = original
 
 
 class LlamaCppModel:
@@ -138,24 +173,25 @@ class LlamaCppModel:
     ) -> llama_cpp.Llama:
         on_cpu = device.name != "gpu"
         try:
-            return cls(
-                str(path),
-                n_ctx=n_ctx,
-                n_batch=PREFILL_CHUNK,
-                n_ubatch=PREFILL_CHUNK,
-                n_threads=os.cpu_count(),
-                n_gpu_layers=0 if on_cpu else -1,
-                type_k=_KV_TYPES[kv_type],
-                type_v=_KV_TYPES[kv_type],
-                # A quantized V cache needs flash attention in llama.cpp (with an f16 cache it decodes slower here).
-                flash_attn=kv_type == "q8",
-                # On the CPU llama.cpp repacks the weights of common quantizations (q4_0, q4_K, ...) into its
-                # own layout; with the file mapped as well, the weights were resident twice (5.6 GB of peak
-                # memory for Phi-3-mini's 2.15 GB q4_0). Reading the file instead keeps one copy.
-                use_mmap=not on_cpu,
-                verbose=False,
-                **extra,
-            )
+            with templates_left_alone():
+                return cls(
+                    str(path),
+                    n_ctx=n_ctx,
+                    n_batch=PREFILL_CHUNK,
+                    n_ubatch=PREFILL_CHUNK,
+                    n_threads=os.cpu_count(),
+                    n_gpu_layers=0 if on_cpu else -1,
+                    type_k=_KV_TYPES[kv_type],
+                    type_v=_KV_TYPES[kv_type],
+                    # A quantized V cache needs flash attention in llama.cpp (with an f16 cache it decodes slower here).
+                    flash_attn=kv_type == "q8",
+                    # On the CPU llama.cpp repacks the weights of common quantizations (q4_0, q4_K, ...) into its
+                    # own layout; with the file mapped as well, the weights were resident twice (5.6 GB of peak
+                    # memory for Phi-3-mini's 2.15 GB q4_0). Reading the file instead keeps one copy.
+                    use_mmap=not on_cpu,
+                    verbose=False,
+                    **extra,
+                )
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"llama.cpp could not load {path.name}: {exc}") from None
 
@@ -309,16 +345,17 @@ class LlamaCppScorer:
                 self._llm.close()
             size = max(512, -(-n // 256) * 256)
             try:
-                self._llm = llama_cpp.Llama(
-                    str(self._path),
-                    n_ctx=size,
-                    n_batch=size,
-                    n_ubatch=min(size, 512),
-                    n_threads=os.cpu_count(),
-                    n_gpu_layers=self._gpu_layers,
-                    logits_all=True,
-                    verbose=False,
-                )
+                with templates_left_alone():
+                    self._llm = llama_cpp.Llama(
+                        str(self._path),
+                        n_ctx=size,
+                        n_batch=size,
+                        n_ubatch=min(size, 512),
+                        n_threads=os.cpu_count(),
+                        n_gpu_layers=self._gpu_layers,
+                        logits_all=True,
+                        verbose=False,
+                    )
             except (ValueError, RuntimeError) as exc:
                 raise UsageError(f"llama.cpp could not open {self._path.name} for scoring: {exc}") from None
         return self._llm

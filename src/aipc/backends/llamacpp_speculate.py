@@ -118,10 +118,13 @@ class DraftLlama:
     """A draft model on llama.cpp: its own context, kept in step with the text by prefix reuse, drafting greedily."""
 
     def __init__(self, path: Path, n_ctx: int, gpu_layers: int) -> None:
+        from aipc.backends.llamacpp import templates_left_alone
+
         try:
-            self.llm = llama_cpp.Llama(
-                str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), n_gpu_layers=gpu_layers, verbose=False
-            )
+            with templates_left_alone():
+                self.llm = llama_cpp.Llama(
+                    str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), n_gpu_layers=gpu_layers, verbose=False
+                )
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"llama.cpp could not load the draft model {path.name}: {exc}") from None
 

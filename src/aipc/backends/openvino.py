@@ -165,6 +165,11 @@ class OpenVINOModel:
     def __init__(self, source: ModelSource, config: LoadConfig, device: DeviceInfo) -> None:
         is_npu = device.name.startswith("npu")
         path = ir_path(source, device)
+        if is_npu and config.context_length is not None:
+            from aipc.engine import context as ctx_policy
+
+            dims, kv_type = _dims(source, path), _kv_type(config, device)
+            ctx_policy.check_asked(config.context_length, dims, kv_type, name=source.name)
         self._context = sum(npu_limits(config)) if is_npu else self._choose_context(source, path, config, device)
         self._ir = path
         self._weights = MappedWeights(path)

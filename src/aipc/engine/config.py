@@ -18,6 +18,13 @@ DEVICES = ("auto", "cpu", "gpu", "npu")
 # zero point per group). None lets each runtime keep its own default.
 KV_CACHE_TYPES = ("f32", "f16", "q8")
 MAX_TOP_LOGPROBS = 20
+# The largest count any runtime takes (a 32-bit int: llama.cpp's n_ctx, OpenVINO's max_new_tokens and top_k) and
+# the largest seed (64-bit signed, as JSON clients, Ollama and OpenAI carry it).
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**63 - 1
+# top_p is a 32-bit float in the runtimes: a smaller positive value would become 0, which they refuse. Any
+# top_p this small keeps only the most likely token, as this one does.
+MIN_TOP_P = 1e-6
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,8 @@ class LoadConfig:
             if not isinstance(value, int) or value < 1:
                 raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.context_length is not None:
-            _check_int("context_length", self.context_length, low=16, hint="an integer >= 16 (tokens)")
+            hint = f"an integer from 16 to {MAX_COUNT} (tokens)"
+            _check_int("context_length", self.context_length, low=16, high=MAX_COUNT, hint=hint)
         if self.prefix_cache not in (None, True, False):
             raise InvalidConfigError(f"prefix_cache must be true, false or None, got {self.prefix_cache!r}")
         if self.kv_cache is not None and self.kv_cache not in KV_CACHE_TYPES:
@@ -109,12 +117,14 @@ class GenerationConfig:
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
-        _check_int("max_tokens", self.max_tokens, low=1, hint="an integer >= 1")
+        _check_int("max_tokens", self.max_tokens, low=1, high=MAX_COUNT, hint=f"an integer from 1 to {MAX_COUNT}")
         _check_float("temperature", self.temperature, ok=lambda v: v >= 0, hint="a finite number >= 0 (0 is greedy)")
         _check_float("top_p", self.top_p, ok=lambda v: 0 < v <= 1, hint="a number in (0, 1]")
-        _check_int("top_k", self.top_k, low=0, hint="an integer >= 0 (0 disables it)")
+        object.__setattr__(self, "top_p", max(float(self.top_p), MIN_TOP_P))
+        hint = f"an integer from 0 to {MAX_COUNT} (0 disables it)"
+        _check_int("top_k", self.top_k, low=0, high=MAX_COUNT, hint=hint)
         if self.seed is not None:
-            _check_int("seed", self.seed, low=0, hint="an integer >= 0")
+            _check_int("seed", self.seed, low=0, high=MAX_SEED, hint=f"an integer from 0 to {MAX_SEED}")
         _check_float("repetition_penalty", self.repetition_penalty, ok=lambda v: v > 0, hint="a finite number > 0")
         for s in self.stop:
             if not isinstance(s, str) or not s:
@@ -193,8 +203,8 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(out.items()))
 
 
-def _check_int(name: str, value: Any, *, low: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def _check_int(name: str, value: Any, *, low: int, hint: str, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         raise InvalidConfigError(f"{name} must be {hint}, got {value!r}")
 
 

@@ -149,8 +149,10 @@ def choose(
 ) -> int:
     """The context to open with: `asked` when given; else the trained context (or FALLBACK_CONTEXT), capped so
     its KV cache (at `kv_type`) takes at most KV_SHARE of the free memory left after `reserve_bytes` (weights
-    not loaded yet). A cap is said in one line."""
+    not loaded yet). A cap is said in one line; `asked` over the trained context, or with a KV cache larger
+    than the free memory, is an `InvalidConfigError`."""
     if asked is not None:
+        check_asked(asked, dims, kv_type, name=name, reserve_bytes=reserve_bytes, free_bytes=free_bytes)
         return asked
     trained = dims.trained or FALLBACK_CONTEXT
     if dims.kv is None:
@@ -175,3 +177,31 @@ def choose(
         free / 2**30,
     )
     return context
+
+
+def check_asked(
+    asked: int,
+    dims: ModelDims,
+    kv_type: str,
+    *,
+    name: str = "the model",
+    reserve_bytes: int = 0,
+    free_bytes: int | None = None,
+) -> None:
+    """Refuse a context the model was not trained for (its positions past the trained ones mean nothing) or
+    whose KV cache cannot fit in the memory that is free, before a runtime tries to allocate it."""
+    from aipc.errors import InvalidConfigError
+
+    if dims.trained is not None and asked > dims.trained:
+        raise InvalidConfigError(
+            f"context length {asked} is over {name}'s trained context of {dims.trained} tokens: ask for at most that"
+        )
+    if dims.kv is None:
+        return
+    free = free_memory_bytes() if free_bytes is None else free_bytes
+    need = asked * dims.kv.bytes_per_token(kv_type)
+    if free is not None and need > free - reserve_bytes:
+        raise InvalidConfigError(
+            f"context length {asked} needs {need / 2**30:.1f} GiB of {kv_type} KV cache for {name}, more than the "
+            f"{max(0, free - reserve_bytes) / 2**30:.1f} GiB of memory free: ask for fewer tokens (or --kv-cache q8)"
+        )

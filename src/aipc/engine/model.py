@@ -18,7 +18,15 @@ from aipc.engine import prompt, template
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.defaults import OPTIONS, SamplingDefaults
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
-from aipc.errors import AipcError, ContextLengthError, ConversionError, GenerationError, UsageError
+from aipc.errors import (
+    AipcError,
+    ContextLengthError,
+    ConversionError,
+    GenerationError,
+    InvalidConfigError,
+    ModelNotFoundError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from aipc.engine.tools.session import ToolPlan
@@ -500,7 +508,7 @@ def load(
     defaults (`aipc.engine.defaults`) unless they say otherwise; `sampling` replaces some of those defaults
     for every request (`sampling={"repetition_penalty": 1.2}`).
     If the best choice fails to load or compile, the next is tried, and the reason is logged in one line."""
-    from aipc.backends import registry
+    from aipc.backends import registry, speculate
     from aipc.engine import defaults as sampling_defaults
     from aipc.store.resolve import resolve_all
 
@@ -508,6 +516,9 @@ def load(
     overrides = {k: v for k, v in (sampling or {}).items() if v is not None}
     GenerationConfig().updated(**overrides)  # a bad value fails before the (slow) load
     started = time.perf_counter()
+    speculation = speculate.parse(config.speculate)
+    if speculation.mode == "draft":
+        resolve_all(speculation.draft)  # an unknown draft model fails before the (slow) load, not once per backend
     choices = registry.candidates(resolve_all(model), config)
     opened, source = _open_first(choices, config)
     resolved = sampling_defaults.resolve(source)
@@ -543,6 +554,8 @@ def _open_first(choices, config: LoadConfig) -> tuple[Backend, Any]:
     for backend_type, device, source in choices:
         try:
             return backend_type.load(source, config, device), source
+        except (InvalidConfigError, ModelNotFoundError):
+            raise  # an option out of range, or files gone: the same on every backend
         except (UsageError, ConversionError, GenerationError) as exc:
             last = exc
             log.warning("could not load on %s/%s (%s); trying the next choice", backend_type.name, device.name, exc)
