@@ -251,3 +251,55 @@ def test_a_hostile_chat_template_in_a_gguf_is_one_line_on_llama_cpp(tiny_gguf, t
         assert result.returncode == 0, result.stderr[-2000:]
     else:
         assert fragment in error_line(result) and result.returncode == 2
+
+
+# --- Hugging Face folders: config.json and safetensors headers ---------------------------------------------------
+TINY_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "vocab_size": 100,
+}
+
+
+def _hf_folder(folder: Path, config: object, header: dict | None = None) -> Path:
+    import struct
+
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    text = config if isinstance(config, str) else json.dumps(config)
+    (folder / "config.json").write_text(text)
+    weights = folder / "model.safetensors"
+    if header is None:
+        import numpy as np
+
+        save_file({"w": np.zeros((4, 4), dtype=np.float32)}, str(weights))
+    else:
+        raw = json.dumps(header).encode()
+        weights.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(64))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("config", "header", "fragment"),
+    [
+        ("{{{", None, "config.json is not a usable model config: it is not JSON"),
+        ([1, 2, 3], None, "it holds list, not an object"),
+        ({**TINY_CONFIG, "num_attention_heads": 0}, None, "num_attention_heads is 0, not an integer from 1"),
+        ({**TINY_CONFIG, "num_hidden_layers": 1e308}, None, "num_hidden_layers is 1e+308"),
+        ({k: v for k, v in TINY_CONFIG.items() if k != "intermediate_size"}, None, "intermediate_size is missing"),
+        ({**TINY_CONFIG, "num_key_value_heads": 3}, None, "not a multiple of num_key_value_heads 3"),
+        (TINY_CONFIG, {"w": {"dtype": "F32", "shape": [80000, 80000], "data_offsets": [0, 25600000000]}}, "outside"),
+        (TINY_CONFIG, {"w": {"dtype": "F99", "shape": [4], "data_offsets": [0, 16]}}, "has dtype 'F99'"),
+        (TINY_CONFIG, {"w": {"dtype": "F32", "shape": [5], "data_offsets": [0, 16]}}, "does not fill"),
+    ],
+)
+@pytest.mark.parametrize("command", [["run"], ["convert", "--to", "gguf"]])
+def test_a_damaged_hugging_face_folder_is_one_line(tmp_path, config, header, fragment, command):
+    folder = _hf_folder(tmp_path / "model", config, header)
+    args = [*command, str(folder)] + (["hi"] if command == ["run"] else [])
+    result = run_cli(*args, timeout=120)
+    assert fragment in error_line(result) and result.returncode == 2

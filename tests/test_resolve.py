@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 
 from aipc.errors import ModelNotFoundError, UsageError
@@ -50,6 +53,15 @@ def test_paths(tmp_path):
     with pytest.raises(UsageError, match="Hugging Face checkpoint without safetensors"):
         resolve(str(tmp_path / "hf"))
     (tmp_path / "hf" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UsageError, match="hidden_size is missing"):  # checked before any reader opens it
+        resolve(str(tmp_path / "hf"))
+    dims = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**dims, "vocab_size": 100}))
+    with pytest.raises(UsageError, match="model.safetensors is not a valid safetensors file"):
+        resolve(str(tmp_path / "hf"))
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(4, dtype=np.float32)}, str(tmp_path / "hf" / "model.safetensors"))
     assert resolve(str(tmp_path / "hf")).format == "hf"
     (tmp_path / "weights.bin").write_bytes(b"\x80\x04")
     with pytest.raises(UsageError, match="unsupported model file weights.bin"):

@@ -102,7 +102,9 @@ def _from_folder(folder: Path, allow_pickle: bool, origin: dict[str, Any], name:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise UsageError(f"{folder} is not a Hugging Face checkpoint: it has no config.json")
-    config = json.loads(config_path.read_text())
+    from aipc.store.hf_check import check_safetensors, checked_config
+
+    config = checked_config(folder)
     check_no_remote_code(config, folder)
     weights = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors")
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -116,6 +118,8 @@ def _from_folder(folder: Path, allow_pickle: bool, origin: dict[str, Any], name:
         weights = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors")
     if not weights:
         raise UsageError(f"{folder} has no weights: expected *.safetensors files")
+    for weight in weights:
+        check_safetensors(folder / weight)
     origin = {**origin, "sha256": folder_digest(folder)}
     return Checkpoint("hf", folder, name or folder.name.lower(), origin)
 

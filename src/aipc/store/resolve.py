@@ -345,6 +345,9 @@ def _from_path(path: Path) -> ModelSource:
         return ModelSource(ggufs[0].stem, "gguf", checked_gguf(ggufs[0]))
     if (path / "config.json").is_file():
         if any(path.glob("*.safetensors")):
+            from aipc.store.hf_check import checked_folder
+
+            checked_folder(path)  # before transformers or a converter reads it
             return ModelSource(path.name, "hf", path, backend="torch")
         raise UsageError(
             f"{path} is a Hugging Face checkpoint without safetensors weights: convert it with "
