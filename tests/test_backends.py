@@ -157,6 +157,16 @@ def test_unseeded_sampling_draws_afresh_for_every_request(embedded_on, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_token_bytes_spell_the_text_even_where_a_token_holds_part_of_a_character(embedded_on, backend):
+    """What log-probs report as each token's bytes: joined, the text's UTF-8, though an emoji's tokens have no
+    text of their own."""
+    model = embedded_on(backend)
+    for text in ("Emoji: \U0001f34e\U0001f34c\U0001f347", " caf\u00e9 \u2581x \u4e2d\u6587"):
+        ids = model.tokenize(text)
+        assert b"".join(model.token_bytes(i) for i in ids) == text.encode("utf-8"), (backend, text)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_context_overflow_names_the_limit(embedded_on, backend):
     model = embedded_on(backend)
     limit = model.info.max_prompt_tokens

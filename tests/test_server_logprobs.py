@@ -180,6 +180,27 @@ def test_max_tokens_0_with_echo_scores_a_token_id_prompt_without_generating(http
     assert math.isfinite(total) and total < 0
 
 
+def test_tokens_that_hold_part_of_a_character_are_named_by_their_bytes(http, client, model):
+    """As OpenAI names them ("bytes:\\xf0\\x9f"): two different partial tokens are two names, each entry's
+    top_logprobs holds its own token, and in chat the bytes join into the answer's UTF-8."""
+    text = "Fruit: \U0001f34e\U0001f34c\U0001f347"
+    r = http.post("/v1/completions", json={"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1})
+    logprobs = r.json()["choices"][0]["logprobs"]
+    partial = [t for t in logprobs["tokens"] if t.startswith("bytes:")]
+    assert len(partial) >= 3 and len(set(partial)) >= 2, logprobs["tokens"]
+    for token, top in zip(logprobs["tokens"][1:], logprobs["top_logprobs"][1:], strict=True):
+        assert token in top
+    reply = client.chat.completions.create(
+        model="smollm2:135m",
+        messages=[{"role": "user", "content": "Reply with three fruit emoji only."}],
+        temperature=0,
+        max_tokens=12,
+        logprobs=True,
+    )
+    answer = reply.choices[0].message.content
+    assert b"".join(bytes(c.bytes) for c in reply.choices[0].logprobs.content) == answer.encode("utf-8")
+
+
 def test_a_batch_of_prompts_gets_a_choice_each(http, model):
     prompts = [model.tokenize("The capital of France is"), model.tokenize("The capital of Italy is")]
     r = http.post(

@@ -234,3 +234,96 @@ def fit_to_context(n_prompt: int, context: int, max_tokens: int) -> int:
             requested=n_prompt,
         )
     return min(max_tokens, context - n_prompt)
+
+
+_BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{2})>")
+
+
+def piece_bytes(piece: str | bytes) -> bytes:
+    """A vocabulary entry's bytes: SentencePiece's byte tokens ("<0xE2>") as that byte, its word marker as a
+    space, anything else as it is (tokenizers that give byte-level BPE pieces already decoded)."""
+    raw = piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+    match = _BYTE_PIECE.fullmatch(raw)
+    if match:
+        return bytes([int(match.group(1), 16)])
+    return raw.replace("\u2581".encode(), b" ")
+
+
+def _byte_level_chars() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, character -> byte (printable bytes stand for themselves, the rest are
+    shifted past 255)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def tokenizer_json_bytes(folder) -> Callable[[int], bytes | None] | None:
+    """Token id -> its bytes, from a folder's Hugging Face `tokenizer.json` (None when there is none): byte-level
+    BPE pieces through GPT-2's alphabet, others as `piece_bytes` reads them."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "tokenizer.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+        pieces = {i: entry[0] for i, entry in enumerate(vocab) if isinstance(entry, list) and entry}
+    elif isinstance(vocab, dict):
+        pieces = {i: p for p, i in vocab.items() if isinstance(i, int)}
+    else:
+        return None
+    added = {t.get("id"): t.get("content") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
+    byte_level = "ByteLevel" in json.dumps(data.get("decoder")) or "ByteLevel" in json.dumps(data.get("pre_tokenizer"))
+    alphabet = _byte_level_chars() if byte_level else {}
+
+    def lookup(ident: int) -> bytes | None:
+        if ident in added and isinstance(added[ident], str):
+            return added[ident].encode("utf-8")
+        piece = pieces.get(ident)
+        if not isinstance(piece, str):
+            return None
+        if byte_level and all(c in alphabet for c in piece):
+            return bytes(alphabet[c] for c in piece)
+        return piece_bytes(piece)
+
+    return lookup
+
+
+ByteLookup = Callable[[int], "bytes | None"]
+
+
+class TokenBytes:
+    """A token's own bytes, for log-probs: its text's, or, for a token that holds part of a UTF-8 character (its
+    vocabulary entry is not valid UTF-8, and its text alone is empty, U+FFFD, or only what precedes the part),
+    its vocabulary entry's, looked up through `entries()` (built once, on first need; None when the vocabulary
+    cannot be read)."""
+
+    def __init__(
+        self, detokenize: Callable[[list[int]], str], entries: Callable[[], Callable[[int], bytes | None] | None]
+    ):
+        self._detokenize = detokenize
+        self._entries = entries
+        self._lookup: ByteLookup | None = None
+        self._looked = False
+
+    def __call__(self, ident: int) -> bytes:
+        text = self._detokenize([int(ident)])
+        if not self._looked:
+            self._lookup, self._looked = self._entries(), True
+        raw = self._lookup(int(ident)) if self._lookup is not None else None
+        if raw is None:
+            return text.encode("utf-8")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw  # part of a character: its text alone is empty, U+FFFD, or only the whole part of it
+        return text.encode("utf-8")  # whole characters: the text is the tokenizer's own reading of them

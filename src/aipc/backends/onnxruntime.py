@@ -22,10 +22,12 @@ from aipc.backends import speculate
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
+    TokenBytes,
     end_of_turn_ids,
     fit_to_context,
     folder_chat_template,
     folder_special_tokens,
+    tokenizer_json_bytes,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
@@ -90,6 +92,7 @@ class OnnxRuntimeModel:
         self._spec = speculate.parse(config.speculate)
         self._governor = speculate.Governor(pads_misses=False) if self._spec.mode == "auto" else None
         folder = source.path
+        self.token_bytes = TokenBytes(self.detokenize, lambda: tokenizer_json_bytes(source.path))
         if self._spec.mode == "draft":
             from aipc.backends.onnxruntime_speculate import check_draft, composite_folder
 

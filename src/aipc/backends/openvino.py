@@ -22,8 +22,10 @@ import openvino_genai as ov_genai
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
+    TokenBytes,
     end_of_turn_ids,
     folder_special_tokens,
+    piece_bytes,
     refuse_options,
     stream_from_callback,
     vocab_special_tokens,
@@ -206,6 +208,7 @@ class OpenVINOModel:
         self._stop_texts = tuple({self.detokenize([i]) for i in self._stop_ids} - {""})
         self._device = device
         self._load_config = config
+        self.token_bytes = TokenBytes(self.detokenize, self._vocabulary_bytes)
 
     @staticmethod
     def _choose_context(source: ModelSource, ir: Path, config: LoadConfig, device: DeviceInfo) -> int:
@@ -321,6 +324,11 @@ class OpenVINOModel:
 
     def detokenize(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def _vocabulary_bytes(self):
+        """Token id -> bytes from the tokenizer's vocabulary (OpenVINO gives byte-level BPE pieces decoded)."""
+        pieces = {i: p for p, i in self._tok.get_vocab().items()}
+        return lambda ident: piece_bytes(pieces[ident]) if ident in pieces else None
 
     def _config(self, cfg: GenerationConfig) -> ov_genai.GenerationConfig:
         gc = ov_genai.GenerationConfig()

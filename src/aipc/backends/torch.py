@@ -18,6 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 from aipc.backends.base import (
     DeviceInfo,
     ModelInfo,
+    TokenBytes,
     end_of_turn_ids,
     fit_to_context,
     folder_chat_template,
@@ -25,6 +26,7 @@ from aipc.backends.base import (
     refuse_options,
     refuse_unsupported,
     stream_from_callback,
+    tokenizer_json_bytes,
 )
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
@@ -73,6 +75,7 @@ class TorchModel:
                 f"kv_cache {config.kv_cache} is not supported by the torch backend, which keeps the KV cache in the "
                 f"model's own type ({kv_type}); use llamacpp or openvino for another"
             )
+        self.token_bytes = TokenBytes(self.detokenize, lambda: tokenizer_json_bytes(source.path))
         try:
             self._tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=False)
             self._model = AutoModelForCausalLM.from_pretrained(

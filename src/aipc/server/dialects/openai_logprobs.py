@@ -23,6 +23,16 @@ class TokenNames:
     def text(self, ident: int) -> str:
         return self.model.token_text(ident)
 
+    def name(self, ident: int) -> str:
+        """The token as `token` fields and `top_logprobs` keys name it: its text, or, for a token that holds part
+        of a UTF-8 character (no text of its own), "bytes:" and its bytes escaped, as OpenAI names such tokens
+        (two different partial tokens are then two different names)."""
+        text = self.model.token_text(ident)
+        if text and "\ufffd" not in text:
+            return text
+        raw = self.model.token_bytes(ident)
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw) if raw else text
+
     def bytes(self, ident: int) -> list[int]:
         return list(self.model.token_bytes(ident))
 
@@ -38,7 +48,7 @@ def chat_content(tokens: Sequence[TokenLogprob], names: TokenNames) -> list[dict
 
 
 def _chat_token(ident: int, logprob: float, names: TokenNames) -> dict[str, Any]:
-    return {"token": names.text(ident), "logprob": logprob, "bytes": names.bytes(ident)}
+    return {"token": names.name(ident), "logprob": logprob, "bytes": names.bytes(ident)}
 
 
 class CompletionLogprobs:
@@ -71,13 +81,13 @@ class CompletionLogprobs:
     def _top(self, tok: TokenLogprob) -> dict[str, float]:
         top = {}
         for i, lp in tok.top:
-            top.setdefault(self.names.text(i), lp)
-        top.setdefault(self.names.text(tok.id), tok.logprob)
+            top.setdefault(self.names.name(i), lp)
+        top.setdefault(self.names.name(tok.id), tok.logprob)
         return top
 
     def _add(self, out: dict[str, list], ident: int, logprob: float | None, top: dict | None) -> None:
         text = self.names.text(ident)
-        out["tokens"].append(text)
+        out["tokens"].append(self.names.name(ident))
         out["token_logprobs"].append(logprob)
         out["top_logprobs"].append(top)
         out["text_offset"].append(self.offset)
