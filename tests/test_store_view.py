@@ -4,6 +4,7 @@ attributed, removed with their model and pruned when nothing uses them; cp and c
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,9 @@ def test_cp_hard_links_every_variant_and_the_copy_runs(fresh):
     ran = run_cli("run", "mysmol2", "--backend", "llamacpp", "--max-tokens", "3", "--verbose", "hi", env=fresh)
     assert ran.returncode == 0, ran.stderr
     assert "mysmol2@gguf-q4_1 on llamacpp/cpu" in ran.stderr
+    shown = run_cli("show", "mysmol2", env=fresh).stdout
+    # a copy of a copy still samples as the catalog says the embedded model should
+    assert re.search(r"temperature\s+0\.2\b", shown) and re.search(r"repeat_penalty\s+1\.1\b", shown), shown
     for bad, message in [
         (("mysmol", "mysmol2"), "already exists"),
         (("mysmol", "phi3"), "is a catalog name"),

@@ -126,6 +126,9 @@ def _copy_variant(v: store.Variant, dst: str) -> store.Variant:
                 manifest = dict(v.manifest)
             manifest = {k: val for k, val in manifest.items() if val is not None and k not in ("files", "size_bytes")}
             manifest.update(name=dst, variant=target_variant, copied_from=v.ref)
+            base = catalog.CATALOG.get(v.name)
+            if base is not None and base.defaults:  # the catalog's curated sampling values go with the copy
+                manifest["defaults"] = dict(base.defaults)
             manifest.pop("created", None)
             store.write_manifest(tmp, manifest)
     return store.find(f"{dst}@{target_variant}")[0]

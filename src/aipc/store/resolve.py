@@ -162,13 +162,18 @@ def _stored(spec: str) -> list[ModelSource]:
     from aipc.store import store
 
     entry = catalog.CATALOG.get(spec.partition("@")[0])
-    defaults = dict(entry.defaults) if entry else {}
+
+    def defaults(v) -> dict[str, Any]:
+        """The catalog's curated values, or those a copy of a catalog model carries over (`aipc cp`)."""
+        kept = v.manifest.get("defaults")
+        return dict(entry.defaults) if entry else dict(kept) if isinstance(kept, dict) else {}
+
     found = [
         ModelSource(
             v.name,
             v.format,
             _entry_file(v.path, v.format),
-            defaults,
+            defaults(v),
             v.precision,
             v.device_target,
             v.variant,
