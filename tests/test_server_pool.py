@@ -234,6 +234,11 @@ def test_unload_gives_memory_back_and_ps_stop_work_from_the_cli(b):
 
         again = run_cli("stop", b, env=env, timeout=60)
         assert again.returncode == 1 and "is not loaded" in again.stderr
+        alias = run_cli("stop", "smollm2", env=env, timeout=60)  # the served model, by its alias
+        assert alias.returncode == 0, alias.stderr
+        wait_for(
+            lambda: A not in {m["name"] for m in httpx.get(srv.url + "/api/ps", headers=headers).json()["models"]}, 10
+        )
         denied = run_cli("ps", env={**env, "AIPC_API_KEY": "wrong-key-0123456789"}, timeout=60)
         assert denied.returncode == 1 and "incorrect API key" in denied.stderr and "HTTP 401" in denied.stderr
         srv.proc.send_signal(signal.SIGTERM)

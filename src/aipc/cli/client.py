@@ -123,9 +123,12 @@ def _until(m: dict[str, Any]) -> str:
 
 
 def stop_command(args: argparse.Namespace) -> int:
+    from aipc.store.resolve import canonical_ref
+
     loaded = {m["name"] for m in call("GET", "/api/ps")["models"]}
-    if args.model not in loaded:
+    name = args.model if args.model in loaded else canonical_ref(args.model)  # an alias: smollm2, phi3
+    if name not in loaded:
         have = ", ".join(sorted(loaded)) or "none"
         raise ServerError(f"model {args.model!r} is not loaded (loaded: {have})")
-    call("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
+    call("POST", "/api/generate", {"model": name, "keep_alive": 0})
     return 0
