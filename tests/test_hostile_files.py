@@ -133,6 +133,12 @@ def test_a_prompt_on_stdin_that_is_not_utf8_is_one_line():
     assert line.startswith("aipc: error: the prompt on stdin is not UTF-8 text (byte 0xff at offset 7)")
 
 
+def test_a_prompt_too_long_for_any_model_is_named_as_such_not_blamed_on_the_template():
+    result = _text(_aipc(["run"], stdin=b"word " * 1_000_000))
+    line = error_line(result)
+    assert result.returncode == 2 and "the messages hold 4,999,999 characters" in line and "template" not in line
+
+
 # --- a disk too small, or one that fills up ---------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):

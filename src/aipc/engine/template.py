@@ -100,6 +100,12 @@ def render(
     """
     from jinja2 import TemplateError as JinjaError
 
+    given = sum(len(m.get("content") or "") for m in messages if isinstance(m.get("content"), str))
+    if given > sandbox.MAX_OUTPUT:  # the user's text, not the template, is too long: say so
+        raise UsageError(
+            f"the messages hold {given:,} characters, more than the {sandbox.MAX_OUTPUT:,} a prompt may have "
+            "(and far more than any model's context): shorten them"
+        )
     try:
         return sandbox.render(
             _compile(template or FALLBACK_TEMPLATE),
