@@ -327,6 +327,12 @@ def test_chat_commands_set_show_save_load_exit(tmp_path):
         loaded = say("/load pirate-chat", ">>> Hello")  # the saved conversation, replayed
         assert "Loading model 'pirate-chat'" in loaded
         say("/clear", "Cleared session context")
+        say("/set parameter num_ctx 99999999", "over this model's context of 8192")
+        shown = run_cli("show", "pirate-chat", env={"AIPC_HOME": str(tmp_path / "home")}).stdout
+        assert "You are a pirate." in shown and re.search(r"num_predict\s+3", shown) and '"Arr"' in shown
+        removed = run_cli("rm", "pirate-chat", env={"AIPC_HOME": str(tmp_path / "home")})
+        assert removed.returncode == 0, removed.stderr
+        say("/show info", "error: ")  # the model was removed from the store under the chat: it says so, goes on
         os.write(fd, b"/exit\r")
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
@@ -337,5 +343,3 @@ def test_chat_commands_set_show_save_load_exit(tmp_path):
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
-    shown = run_cli("show", "pirate-chat", env={"AIPC_HOME": str(tmp_path / "home")}).stdout
-    assert "You are a pirate." in shown and re.search(r"num_predict\s+3", shown) and '"Arr"' in shown

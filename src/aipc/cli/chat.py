@@ -141,11 +141,18 @@ class ChatSession:
             self.answer(message)
 
     def command(self, line: str) -> bool:
-        """Run a slash command; True means leave."""
+        """Run a slash command; True means leave. A command that fails says why; the chat goes on."""
         name, _, rest = line.partition(" ")
         rest = rest.strip()
         if name in ("/bye", "/exit"):
             return True
+        try:
+            self._command(name, rest)
+        except AipcError as exc:  # e.g. /show info for a model removed from the store since it was loaded
+            print(f"error: {exc}")
+        return False
+
+    def _command(self, name: str, rest: str) -> None:
         if name == "/clear":
             self.history.clear()
             print("Cleared session context")
@@ -165,7 +172,6 @@ class ChatSession:
             print(text.get(topic, HELP))
         else:
             print(f"Unknown command '{name}'. Type /? for help")
-        return False
 
     # --- /set ----------------------------------------------------------------------------------------
     def _set(self, rest: str) -> None:
@@ -211,6 +217,10 @@ class ChatSession:
             print(f"Couldn't set parameter: {str(exc).removeprefix('/set parameter: ')}")
             return
         if PARAMETERS[name][0] == "context_length":
+            most = self.model.info.context_length
+            if most and mf.context_length and mf.context_length > most:
+                print(f"Couldn't set parameter: num_ctx {mf.context_length} is over this model's context of {most}")
+                return
             self.model.context_length = mf.context_length
         else:
             self.options.update(mf.parameters)
