@@ -125,7 +125,9 @@ def test_the_trained_context_is_capped_to_fit_free_memory(caplog):
     assert "--context-length" in record.message and "\n" not in record.message
     # Enough memory: the trained context. Asked for: exactly that, even beyond the trained one.
     assert context.choose(None, PHI3_MINI, "q8", free_bytes=512 * gib) == 131072
-    assert context.choose(70000, PHI3_MINI, "f16", free_bytes=1 * gib) == 70000
+    assert context.choose(70000, PHI3_MINI, "f16", free_bytes=1 * gib, total_bytes=64 * gib) == 70000
+    with pytest.raises(InvalidConfigError, match="more than this machine's 16.0 GiB of memory"):
+        context.choose(70000, PHI3_MINI, "f16", total_bytes=16 * gib)  # it could never fit
     # Never below MIN_CONTEXT; unknown dimensions or memory: the trained context, else the fallback.
     assert context.choose(None, PHI3_MINI, "f16", free_bytes=1) == context.MIN_CONTEXT
     assert context.choose(None, context.ModelDims(None, None), "f16") == context.FALLBACK_CONTEXT

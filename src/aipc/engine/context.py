@@ -146,13 +146,13 @@ def choose(
     name: str = "the model",
     reserve_bytes: int = 0,
     free_bytes: int | None = None,
+    total_bytes: int | None = None,
 ) -> int:
     """The context to open with: `asked` when given; else the trained context (or FALLBACK_CONTEXT), capped so
     its KV cache (at `kv_type`) takes at most KV_SHARE of the free memory left after `reserve_bytes` (weights
-    not loaded yet). A cap is said in one line; `asked` over the trained context, or with a KV cache larger
-    than the free memory, is an `InvalidConfigError`."""
+    not loaded yet). A cap is said in one line; `asked` is checked by `check_asked`."""
     if asked is not None:
-        check_asked(asked, dims, kv_type, name=name, reserve_bytes=reserve_bytes, free_bytes=free_bytes)
+        check_asked(asked, dims, kv_type, name=name, total_bytes=total_bytes)
         return asked
     trained = dims.trained or FALLBACK_CONTEXT
     if dims.kv is None:
@@ -180,28 +180,25 @@ def choose(
 
 
 def check_asked(
-    asked: int,
-    dims: ModelDims,
-    kv_type: str,
-    *,
-    name: str = "the model",
-    reserve_bytes: int = 0,
-    free_bytes: int | None = None,
+    asked: int, dims: ModelDims, kv_type: str, *, name: str = "the model", total_bytes: int | None = None
 ) -> None:
-    """Refuse a context the model was not trained for (its positions past the trained ones mean nothing) or
-    whose KV cache cannot fit in the memory that is free, before a runtime tries to allocate it."""
+    """An asked context is honoured (as llama.cpp and Ollama honour n_ctx / num_ctx), with one line when it is
+    past the trained context, and refused when its KV cache could never fit in this machine's memory (a
+    mistyped 20-digit length once made llama.cpp take all of it)."""
     from aipc.errors import InvalidConfigError
 
-    if dims.trained is not None and asked > dims.trained:
+    total = total_memory_bytes() if total_bytes is None else total_bytes
+    need = asked * dims.kv.bytes_per_token(kv_type) if dims.kv is not None else 0
+    if total is not None and need > total:
         raise InvalidConfigError(
-            f"context length {asked} is over {name}'s trained context of {dims.trained} tokens: ask for at most that"
+            f"context length {asked} needs {need / 2**30:.1f} GiB of {kv_type} KV cache for {name}, more than this "
+            f"machine's {total / 2**30:.1f} GiB of memory: ask for fewer tokens"
         )
-    if dims.kv is None:
-        return
-    free = free_memory_bytes() if free_bytes is None else free_bytes
-    need = asked * dims.kv.bytes_per_token(kv_type)
-    if free is not None and need > free - reserve_bytes:
-        raise InvalidConfigError(
-            f"context length {asked} needs {need / 2**30:.1f} GiB of {kv_type} KV cache for {name}, more than the "
-            f"{max(0, free - reserve_bytes) / 2**30:.1f} GiB of memory free: ask for fewer tokens (or --kv-cache q8)"
+    if dims.trained is not None and asked > dims.trained:
+        log.warning(
+            "context length %d is over %s's trained context of %d tokens: positions past it were never trained, "
+            "and answers that reach them may be poor",
+            asked,
+            name,
+            dims.trained,
         )
