@@ -235,6 +235,19 @@ def test_num_predict_is_a_limit_and_options_are_read_as_ollama_reads_them(http):
     assert r.status_code == 400 and "16" in r.json()["error"]
 
 
+def test_a_last_assistant_message_is_continued_as_ollama_continues_it(client, model):
+    start = "The capital of France is"
+    messages = [{"role": "user", "content": "Tell me about Paris."}, {"role": "assistant", "content": start}]
+    reply = client.chat(model=MODEL, messages=messages, options={"temperature": 0, "num_predict": 6})
+    # the answer goes on from the given text: what the raw continuation of the same prompt text gives
+    prompt = model.detokenize(model.prepare(messages, continue_final=True).ids)
+    assert prompt.endswith(start)
+    raw = client.generate(model=MODEL, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 6})
+    assert reply.message.content == raw.response and reply.message.content.strip()
+    # OpenAI's API answers a last assistant message with a new turn, as OpenAI does
+    assert not model.detokenize(model.prepare(messages).ids).endswith(start)
+
+
 def test_load_then_unload_with_an_empty_request(client, server):
     name = stored_copy("smollm2-b")
     loaded = client.generate(model=name)

@@ -119,14 +119,25 @@ class Model:
             clean.insert(0, {"role": "system", "content": self.system})
         return clean
 
-    def _render(self, backend: Backend, messages: list[dict[str, Any]]) -> str:
+    def _render(self, backend: Backend, messages: list[dict[str, Any]], continue_final: bool = False) -> str:
         info = backend.info
         source = self.template or info.chat_template
+        last = messages[-1] if messages else {}
+        partial = last.get("content") if last.get("role") == "assistant" else None
+        if continue_final and isinstance(partial, str) and partial.strip():
+            # The answer goes on from the last assistant message, as Ollama continues one (and transformers'
+            # `continue_final_message`): the conversation rendered as history, cut right after that text.
+            text = template.render(
+                source, messages, bos_token=info.bos_token, eos_token=info.eos_token, add_generation_prompt=False
+            )
+            at = text.rfind(partial.strip())
+            if at >= 0:
+                return text[: at + len(partial.strip())]
         return template.render(source, messages, bos_token=info.bos_token, eos_token=info.eos_token)
 
-    def _encode_chat(self, backend: Backend, messages: list[dict[str, Any]]) -> list[int]:
+    def _encode_chat(self, backend: Backend, messages: list[dict[str, Any]], continue_final: bool = False) -> list[int]:
         escaped, changed = prompt.escape_messages(messages, backend.info.special_tokens)
-        text = self._render(backend, escaped)
+        text = self._render(backend, escaped, continue_final)
         return prompt.tokenize_pieces(text, backend.tokenize) if changed else backend.tokenize(text)
 
     # --- generation ----------------------------------------------------------------------------------
@@ -171,16 +182,21 @@ class Model:
         tools: Sequence[dict[str, Any]] | None = None,
         tool_choice: Any = None,
         parallel_tool_calls: bool | None = None,
+        continue_final: bool = False,
     ) -> ChatPrompt:
-        """A chat request checked and encoded (template errors surface here, before any stream starts)."""
+        """A chat request checked and encoded (template errors surface here, before any stream starts).
+        `continue_final`: a last assistant message is the start of the answer, which goes on from it (Ollama's
+        way; without tools), rather than a finished turn."""
         from aipc.engine import tools as tool_calling
 
         request = tool_calling.parse_request(tools, tool_choice, parallel_tool_calls)
         turns = any(isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in messages)
         if request is None and not turns:
             clean = self._prepared(messages)
-            ids = self._encode_chat(self._backend, clean)
-            return ChatPrompt(ids, None, lambda b: ids if b is self._backend else self._encode_chat(b, clean))
+            ids = self._encode_chat(self._backend, clean, continue_final)
+            return ChatPrompt(
+                ids, None, lambda b: ids if b is self._backend else self._encode_chat(b, clean, continue_final)
+            )
         checked = tool_calling.validate_messages(messages)
         if self.system and not any(m["role"] == "system" for m in checked):
             checked.insert(0, {"role": "system", "content": self.system})

@@ -221,6 +221,7 @@ def chat_prompt(
     context_length: int | None = None,
     within_room: bool = False,
     tools: dict[str, Any] | None = None,
+    continue_final: bool = False,
 ) -> Prepared:
     """The chat prompt's token ids (the model's template, content unable to forge control tokens) and options,
     with max_tokens fitted to the context; `tools` (tools, tool_choice, parallel_tool_calls) are checked and
@@ -228,7 +229,7 @@ def chat_prompt(
     config = _config(entry, options, param_of)
     model = entry.model
     try:
-        chat = model.prepare(messages, **(tools or {}))
+        chat = model.prepare(messages, **(tools or {}), continue_final=continue_final)
         if chat.plan is not None:
             from aipc.engine.tools import session
 

@@ -257,7 +257,15 @@ def _chat_prepare(state: core.ServerState, body: Any, options: dict, asked: int 
 
     def prepare(entry: core.Entry) -> core.Prepared:
         return core.chat_prompt(
-            entry, messages, options, asked=asked, param_of=_param, context_length=ctx, within_room=True, tools=tools
+            entry,
+            messages,
+            options,
+            asked=asked,
+            param_of=_param,
+            context_length=ctx,
+            within_room=True,
+            tools=tools,
+            continue_final=True,  # as Ollama: a last assistant message is continued, not answered
         )
 
     return prepare
