@@ -75,6 +75,7 @@ class Model:
         self._scorers: dict[int, Scorer] = {}  # per backend, opened on first need (log-probs, eval)
         self._score_lock = threading.Lock()
         self._token_texts: dict[int, str] = {}
+        self._token_bytes: dict[int, bytes] = {}
 
     @property
     def info(self) -> ModelInfo:
@@ -449,9 +450,13 @@ class Model:
 
     def token_bytes(self, ident: int) -> bytes:
         """One token's bytes: the runtime's own where it gives them (a token may be part of a UTF-8 character),
-        else the UTF-8 of its text."""
-        raw = getattr(self._backend, "token_bytes", None)
-        return raw(ident) if raw is not None else self.token_text(ident).encode("utf-8")
+        else the UTF-8 of its text (kept, as texts are: log-probs ask for each alternative's bytes)."""
+        known = self._token_bytes.get(ident)
+        if known is None:
+            raw = getattr(self._backend, "token_bytes", None)
+            known = raw(ident) if raw is not None else self.token_text(ident).encode("utf-8")
+            self._token_bytes[ident] = known
+        return known
 
     def reset_cache(self) -> None:
         """Forget any KV cache kept for the next chat turn (for measuring a turn without reuse)."""

@@ -110,10 +110,11 @@ class _Sampling(_Body):
     top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
     repetition_penalty: float | None = Field(default=None, gt=0)
 
-    @field_validator("stream", "n", mode="before")
+    @field_validator("stream", "n", "echo", mode="before", check_fields=False)
     @classmethod
     def _null_is_default(cls, value: Any, info: Any) -> Any:
-        """OpenAI's schema lets these be null, meaning their default; clients that send every field send that."""
+        """OpenAI's schema lets these be null (`echo`: completions only), meaning their default; clients that send
+        every field send that."""
         return cls.model_fields[info.field_name].default if value is None else value
 
     @field_validator("stop")
@@ -224,11 +225,6 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
-
-    @field_validator("echo", mode="before")
-    @classmethod
-    def _null_echo(cls, value: Any) -> Any:
-        return False if value is None else value
 
     def check_supported(self) -> None:
         super().check_supported()
