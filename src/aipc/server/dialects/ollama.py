@@ -3,15 +3,13 @@
 Generation: /api/chat and /api/generate stream NDJSON by default (`"stream": false` for one object); the last
 object carries Ollama's counters in nanoseconds, taken from the engine's `Done` timings (prompt evaluation is
 the time to the first token; evaluation the rest). A request without messages or prompt loads the model, or
-with `keep_alive: 0` unloads it, as Ollama does (`ollama stop` sends that). Models: /api/tags, /api/show,
-/api/ps, /api/pull (progress objects), /api/delete, /api/copy (the last three change the store: refused on a
---read-only server). Errors are `{"error": "..."}`, so the `ollama` client raises `ResponseError` with the
-status code.
+with `keep_alive: 0` unloads it, as Ollama does (`ollama stop` sends that). The model routes (/api/tags,
+/api/show, /api/ps, /api/pull, ...) are in ollama_models.py. Errors are `{"error": "..."}`, so the `ollama`
+client raises `ResponseError` with the status code.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import time
@@ -20,16 +18,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from aipc.engine.events import Done, TextDelta, ToolCall
-from aipc.errors import AipcError, InvalidConfigError
-from aipc.server import core, errors, library
+from aipc.errors import InvalidConfigError
+from aipc.server import core, errors
 from aipc.server.dialects import ollama_protocol as protocol
 from aipc.server.dialects.openai_logprobs import TokenNames, chat_content
 from aipc.server.errors import APIError, json_bytes, to_api_error
 from aipc.server.pool import _UNSET
-from aipc.server.scheduler import EventPump
 from aipc.server.settings import parse_keep_alive
 
 log = logging.getLogger("aipc.server")
@@ -37,7 +33,6 @@ log = logging.getLogger("aipc.server")
 # The Ollama API level these routes follow (clients that check /api/version compare against Ollama's).
 API_VERSION = "0.12.0"
 NDJSON = "application/x-ndjson"
-_FOREVER = dt.timedelta(days=365 * 290)  # what /api/ps says for a model kept loaded forever, as Ollama does
 # GenerationConfig's names -> the request field they come from, to name it in errors.
 _PARAM = {
     "max_tokens": "options.num_predict",
@@ -51,7 +46,6 @@ _PARAM = {
     "frequency_penalty": "options.frequency_penalty",
     "json_schema": "format",
 }
-_FORMATS = {"openvino-ir": "openvino", "onnx-genai": "onnx", "gguf": "gguf", "hf": "safetensors"}
 
 
 def _error_body(error: APIError) -> dict[str, Any]:
@@ -77,63 +71,11 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     async def generate(request: Request) -> Response:
         return await _generate(state, request, chat=False)
 
-    @app.get("/api/tags")
-    async def tags() -> JSONResponse:
-        models = await run_in_threadpool(library.runnable)
-        return JSONResponse({"models": [_tag(m) for m in models]})
-
-    @app.post("/api/show")
-    async def show(request: Request) -> JSONResponse:
-        body = protocol.parse(protocol.ShowRequest, await core.read_json(request))
-        name = state.check_name(body.model_name)
-        s = state.settings
-        facts = await run_in_threadpool(library.describe, name, allow_paths=s.allow_paths, pinned=state.pool.pinned)
-        return JSONResponse(_show(facts))
-
-    @app.get("/api/ps")
-    async def ps() -> JSONResponse:
-        entries = state.pool.running()
-        known = {m.name: m for m in await run_in_threadpool(library.runnable)} if entries else {}
-        return JSONResponse({"models": [_running(e, known.get(e.name) or known.get(e.ref)) for e in entries]})
-
-    @app.post("/api/pull")
-    async def pull(request: Request) -> Response:
-        _check_writable(state)
-        body = protocol.parse(protocol.PullRequest, await core.read_json(request))
-        name = state.check_name(body.model_name)
-        return await _pull(state, request, name, stream=body.stream)
-
-    @app.delete("/api/delete")
-    async def delete(request: Request) -> Response:
-        _check_writable(state)
-        body = protocol.parse(protocol.DeleteRequest, await core.read_json(request))
-        name = state.check_name(body.model_name)
-        await run_in_threadpool(library.check_deletable, name)
-        entry = await state.pool.stop(name)
-        if entry is not None and entry.state in ("loading", "ready"):
-            doing = "loading" if entry.state == "loading" else "in use"
-            raise APIError(409, f"model {name!r} is {doing}; delete it when its requests are done", code="in_use")
-        await run_in_threadpool(library.delete, name)
-        return Response(status_code=200)
-
-    @app.post("/api/copy")
-    async def copy(request: Request) -> Response:
-        _check_writable(state)
-        body = protocol.parse(protocol.CopyRequest, await core.read_json(request))
-        source = state.check_name(body.source)
-        await run_in_threadpool(library.copy, source, body.destination)
-        return Response(status_code=200)
-
     @app.get("/api/version")
     async def version() -> JSONResponse:
         from aipc import __version__
 
         return JSONResponse({"version": API_VERSION, "aipc_version": __version__})
-
-
-def _check_writable(state: core.ServerState) -> None:
-    if state.settings.read_only:
-        raise library.StoreUnavailableError("this server is read-only (--read-only): it does not change its store")
 
 
 # --- chat and generate ---------------------------------------------------------------------------------------
@@ -441,123 +383,3 @@ class _Shape:
 def _call(call: ToolCall) -> dict[str, Any]:
     """A call in Ollama's shape: arguments as an object, not a JSON string."""
     return {"function": {"index": call.index, "name": call.name, "arguments": json.loads(call.arguments)}}
-
-
-# --- models --------------------------------------------------------------------------------------------------
-def _details(fmt: str, family: str, parameter_size: str, precision: str) -> dict[str, Any]:
-    return {
-        "parent_model": "",
-        "format": _FORMATS.get(fmt, fmt),
-        "family": family,
-        "families": [family] if family else None,
-        "parameter_size": parameter_size,
-        "quantization_level": precision.upper(),
-    }
-
-
-def _tag(m: library.Runnable) -> dict[str, Any]:
-    return {
-        "name": m.name,
-        "model": m.name,
-        "modified_at": protocol.timestamp(m.modified),
-        "size": m.size_bytes,
-        "digest": m.digest,
-        "details": _details(m.format, m.family, m.parameter_size, m.precision),
-    }
-
-
-# aipc's option names -> Ollama's, as a Modelfile's PARAMETER lines and /api/show's parameters spell them
-_OLLAMA_OPTION = {"repetition_penalty": "repeat_penalty", "max_tokens": "num_predict"}
-
-
-def _show(facts: dict[str, Any]) -> dict[str, Any]:
-    defaults = {_OLLAMA_OPTION.get(k, k): v for k, v in facts["defaults"].items()}
-    parameters = "\n".join(f"{k} {v}" for k, v in defaults.items())
-    lines = [f"# Modelfile generated by aipc for {facts['ref']}", f"FROM {facts['path']}"]
-    if facts["template"]:
-        lines.append(f'TEMPLATE """{facts["template"]}"""')
-    lines += [f"PARAMETER {k} {v}" for k, v in defaults.items()]
-    info = dict(facts["model_info"])
-    if facts["context_length"]:
-        info.setdefault(f"{facts['family'] or 'general'}.context_length", facts["context_length"])
-    return {
-        "license": facts["license"],
-        "modelfile": "\n".join(lines) + "\n",
-        "parameters": parameters,
-        "template": facts["template"],
-        "details": _details(facts["format"], facts["family"], facts["parameter_size"], facts["precision"]),
-        "model_info": info,
-        # every model takes tools: in its own format where its template has one, else a generic instruction
-        "capabilities": ["completion", "tools"],
-        "modified_at": protocol.timestamp(facts["modified"]),
-    }
-
-
-def _running(e: Any, listed: library.Runnable | None) -> dict[str, Any]:
-    """One loaded (or loading) model as /api/ps shows it; `listed`: the same model as /api/tags lists it, for
-    its details and digest (None for a model opened from a path)."""
-    info = e.model.info if e.model is not None else None
-    if e.state != "ready":
-        expires = None
-    elif e.keep_alive is None or e.external:
-        expires = protocol.timestamp((dt.datetime.now(dt.timezone.utc) + _FOREVER).timestamp())
-    else:
-        expires = protocol.timestamp(e.expires_at or time.time() + e.keep_alive)
-    ref = e.ref
-    fmt = ""
-    if info is not None:
-        fmt = "openvino" if info.backend == "openvino" else info.backend
-    return {
-        "name": e.name,
-        "model": e.name,
-        "size": e.size_bytes or e.estimate_bytes,
-        "digest": listed.digest if listed is not None else "",
-        "details": _tag(listed)["details"] if listed is not None else _details(fmt, "", "", ""),
-        "expires_at": expires,
-        "size_vram": e.size_bytes if info is not None and info.device.startswith("gpu") else 0,
-        "context_length": e.context_length,
-        # aipc's own fields (clients ignore them): what `aipc ps` shows
-        "state": e.state,
-        "variant": ref.partition("@")[2],
-        "backend": info.backend if info is not None else "",
-        "device": info.device if info is not None else "",
-        "keep_alive": None if e.external else e.keep_alive,
-        "running": e.slots.running if e.slots is not None else 0,
-        "queued": e.waiting,
-    }
-
-
-# --- pull ----------------------------------------------------------------------------------------------------
-async def _pull(state: core.ServerState, request: Request, name: str, *, stream: bool) -> Response:
-    """Progress objects from `library.pull` (run in a thread); its first step (the catalog, the hub's reach)
-    comes before any answer, so an offline pull is a plain error response."""
-    device = state.settings.device
-
-    def finished() -> None:
-        state.pumps.discard(pump)
-
-    pump = EventPump(lambda: library.pull(name, device), on_exit=finished)
-    state.pumps.add(pump)
-    try:
-        first = await core.or_gone(request, pump.__anext__(), on_gone=pump.stop, on_error=pump.stop)
-    except StopAsyncIteration:
-        first = {"status": "success"}
-    except AipcError as exc:
-        raise to_api_error(exc, param="model") from None
-    if first is None:
-        return core.gone()
-    if not stream:
-        last = first
-        async for item in pump:
-            last = item
-        return JSONResponse(last)
-
-    async def lines() -> AsyncIterator[bytes]:
-        yield json_bytes(first) + b"\n"
-        try:
-            async for item in pump:
-                yield json_bytes(item) + b"\n"
-        except Exception as exc:
-            yield _stream_error(to_api_error(exc))
-
-    return core.StreamResponse(lines(), pump, NDJSON)

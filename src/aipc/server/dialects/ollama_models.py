@@ -1,0 +1,203 @@
+"""Ollama's model routes (/api/tags, /api/show, /api/ps, /api/pull, /api/delete, /api/copy), beside its chat
+and generate routes (ollama.py), whose error shape they share.
+
+The routes that change the store (pull, delete, copy) are refused on a --read-only server; they do what the
+CLI's `aipc pull`, `aipc rm` and `aipc cp` do, through `server.library`, in worker threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from aipc.errors import AipcError
+from aipc.server import core, library
+from aipc.server.dialects import ollama_protocol as protocol
+from aipc.server.dialects.ollama import NDJSON, _stream_error
+from aipc.server.errors import APIError, json_bytes, to_api_error
+from aipc.server.scheduler import EventPump
+
+_FOREVER = dt.timedelta(days=365 * 290)  # what /api/ps says for a model kept loaded forever, as Ollama does
+_FORMATS = {"openvino-ir": "openvino", "onnx-genai": "onnx", "gguf": "gguf", "hf": "safetensors"}
+
+
+def register(app: FastAPI, state: core.ServerState) -> None:
+    """Add Ollama's model routes to `app` (their error shape is the chat routes' dialect, registered there)."""
+
+    @app.get("/api/tags")
+    async def tags() -> JSONResponse:
+        models = await run_in_threadpool(library.runnable)
+        return JSONResponse({"models": [_tag(m) for m in models]})
+
+    @app.post("/api/show")
+    async def show(request: Request) -> JSONResponse:
+        body = protocol.parse(protocol.ShowRequest, await core.read_json(request))
+        name = state.check_name(body.model_name)
+        s = state.settings
+        facts = await run_in_threadpool(library.describe, name, allow_paths=s.allow_paths, pinned=state.pool.pinned)
+        return JSONResponse(_show(facts))
+
+    @app.get("/api/ps")
+    async def ps() -> JSONResponse:
+        entries = state.pool.running()
+        known = {m.name: m for m in await run_in_threadpool(library.runnable)} if entries else {}
+        return JSONResponse({"models": [_running(e, known.get(e.name) or known.get(e.ref)) for e in entries]})
+
+    @app.post("/api/pull")
+    async def pull(request: Request) -> Response:
+        _check_writable(state)
+        body = protocol.parse(protocol.PullRequest, await core.read_json(request))
+        name = state.check_name(body.model_name)
+        return await _pull(state, request, name, stream=body.stream)
+
+    @app.delete("/api/delete")
+    async def delete(request: Request) -> Response:
+        _check_writable(state)
+        body = protocol.parse(protocol.DeleteRequest, await core.read_json(request))
+        name = state.check_name(body.model_name)
+        await run_in_threadpool(library.check_deletable, name)
+        entry = await state.pool.stop(name)
+        if entry is not None and entry.state in ("loading", "ready"):
+            doing = "loading" if entry.state == "loading" else "in use"
+            raise APIError(409, f"model {name!r} is {doing}; delete it when its requests are done", code="in_use")
+        await run_in_threadpool(library.delete, name)
+        return Response(status_code=200)
+
+    @app.post("/api/copy")
+    async def copy(request: Request) -> Response:
+        _check_writable(state)
+        body = protocol.parse(protocol.CopyRequest, await core.read_json(request))
+        source = state.check_name(body.source)
+        await run_in_threadpool(library.copy, source, body.destination)
+        return Response(status_code=200)
+
+
+def _check_writable(state: core.ServerState) -> None:
+    if state.settings.read_only:
+        raise library.StoreUnavailableError("this server is read-only (--read-only): it does not change its store")
+
+
+# --- models --------------------------------------------------------------------------------------------------
+def _details(fmt: str, family: str, parameter_size: str, precision: str) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": _FORMATS.get(fmt, fmt),
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": parameter_size,
+        "quantization_level": precision.upper(),
+    }
+
+
+def _tag(m: library.Runnable) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "model": m.name,
+        "modified_at": protocol.timestamp(m.modified),
+        "size": m.size_bytes,
+        "digest": m.digest,
+        "details": _details(m.format, m.family, m.parameter_size, m.precision),
+    }
+
+
+# aipc's option names -> Ollama's, as a Modelfile's PARAMETER lines and /api/show's parameters spell them
+_OLLAMA_OPTION = {"repetition_penalty": "repeat_penalty", "max_tokens": "num_predict"}
+
+
+def _show(facts: dict[str, Any]) -> dict[str, Any]:
+    defaults = {_OLLAMA_OPTION.get(k, k): v for k, v in facts["defaults"].items()}
+    parameters = "\n".join(f"{k} {v}" for k, v in defaults.items())
+    lines = [f"# Modelfile generated by aipc for {facts['ref']}", f"FROM {facts['path']}"]
+    if facts["template"]:
+        lines.append(f'TEMPLATE """{facts["template"]}"""')
+    lines += [f"PARAMETER {k} {v}" for k, v in defaults.items()]
+    info = dict(facts["model_info"])
+    if facts["context_length"]:
+        info.setdefault(f"{facts['family'] or 'general'}.context_length", facts["context_length"])
+    return {
+        "license": facts["license"],
+        "modelfile": "\n".join(lines) + "\n",
+        "parameters": parameters,
+        "template": facts["template"],
+        "details": _details(facts["format"], facts["family"], facts["parameter_size"], facts["precision"]),
+        "model_info": info,
+        # every model takes tools: in its own format where its template has one, else a generic instruction
+        "capabilities": ["completion", "tools"],
+        "modified_at": protocol.timestamp(facts["modified"]),
+    }
+
+
+def _running(e: Any, listed: library.Runnable | None) -> dict[str, Any]:
+    """One loaded (or loading) model as /api/ps shows it; `listed`: the same model as /api/tags lists it, for
+    its details and digest (None for a model opened from a path)."""
+    info = e.model.info if e.model is not None else None
+    if e.state != "ready":
+        expires = None
+    elif e.keep_alive is None or e.external:
+        expires = protocol.timestamp((dt.datetime.now(dt.timezone.utc) + _FOREVER).timestamp())
+    else:
+        expires = protocol.timestamp(e.expires_at or time.time() + e.keep_alive)
+    ref = e.ref
+    fmt = ""
+    if info is not None:
+        fmt = "openvino" if info.backend == "openvino" else info.backend
+    return {
+        "name": e.name,
+        "model": e.name,
+        "size": e.size_bytes or e.estimate_bytes,
+        "digest": listed.digest if listed is not None else "",
+        "details": _tag(listed)["details"] if listed is not None else _details(fmt, "", "", ""),
+        "expires_at": expires,
+        "size_vram": e.size_bytes if info is not None and info.device.startswith("gpu") else 0,
+        "context_length": e.context_length,
+        # aipc's own fields (clients ignore them): what `aipc ps` shows
+        "state": e.state,
+        "variant": ref.partition("@")[2],
+        "backend": info.backend if info is not None else "",
+        "device": info.device if info is not None else "",
+        "keep_alive": None if e.external else e.keep_alive,
+        "running": e.slots.running if e.slots is not None else 0,
+        "queued": e.waiting,
+    }
+
+
+# --- pull ----------------------------------------------------------------------------------------------------
+async def _pull(state: core.ServerState, request: Request, name: str, *, stream: bool) -> Response:
+    """Progress objects from `library.pull` (run in a thread); its first step (the catalog, the hub's reach)
+    comes before any answer, so an offline pull is a plain error response."""
+    device = state.settings.device
+
+    def finished() -> None:
+        state.pumps.discard(pump)
+
+    pump = EventPump(lambda: library.pull(name, device), on_exit=finished)
+    state.pumps.add(pump)
+    try:
+        first = await core.or_gone(request, pump.__anext__(), on_gone=pump.stop, on_error=pump.stop)
+    except StopAsyncIteration:
+        first = {"status": "success"}
+    except AipcError as exc:
+        raise to_api_error(exc, param="model") from None
+    if first is None:
+        return core.gone()
+    if not stream:
+        last = first
+        async for item in pump:
+            last = item
+        return JSONResponse(last)
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield json_bytes(first) + b"\n"
+        try:
+            async for item in pump:
+                yield json_bytes(item) + b"\n"
+        except Exception as exc:
+            yield _stream_error(to_api_error(exc))
+
+    return core.StreamResponse(lines(), pump, NDJSON)
