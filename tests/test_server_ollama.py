@@ -281,6 +281,68 @@ def test_copy_then_delete(client):
     assert info.value.status_code == 400
 
 
+def test_create_from_a_model_with_a_system_prompt_and_parameters(client, http):
+    from aipc.store import store
+
+    for name in ("smol-terse", "smol-legacy"):
+        if store.find(name):
+            store.remove(name)
+    system = "Answer in one word."
+    made = client.create(
+        model="smol-terse:latest",  # Ollama's default tag: the model is `smol-terse`, found by either name
+        from_=MODEL,
+        system=system,
+        parameters={"temperature": 0, "num_predict": 6, "stop": ["\n\n"], "num_gpu": 99},  # runner tuning: ignored
+        messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    )
+    assert made.status == "success"
+    assert "smol-terse" in [m.model for m in client.list().models]
+    shown = client.show("smol-terse:latest")
+    assert "temperature 0" in shown.parameters and "num_predict 6" in shown.parameters
+    assert f'SYSTEM """{system}"""' in shown.modelfile
+    reply = client.chat(model="smol-terse", messages=PARIS)
+    assert 1 <= reply.eval_count <= 6  # its num_predict
+    # its system prompt and temperature: the same tokens as the base model given them in the request
+    base = client.chat(
+        model=MODEL,
+        messages=[{"role": "system", "content": system}, *PARIS],
+        options={"temperature": 0, "num_predict": 6},
+    )
+    assert reply.message.content == base.message.content
+    streamed = [
+        json.loads(line)
+        for line in http.post("/api/create", json={"model": "smol-terse", "from": MODEL}).text.splitlines()
+    ]
+    assert streamed[-1] == {"status": "success"} and len(streamed) >= 2  # NDJSON progress; replaced in place
+    # an older client's whole Modelfile
+    r = http.post(
+        "/api/create", json={"name": "smol-legacy", "modelfile": f"FROM {MODEL}\nPARAMETER top_k 7", "stream": False}
+    )
+    assert r.status_code == 200 and r.json() == {"status": "success"}
+    assert "top_k 7" in client.show("smol-legacy").parameters
+    bad = [
+        ({"model": "x1", "from": "no-such-model"}, 404, "no-such-model"),
+        ({"model": "x1"}, 400, "from is required"),
+        ({"model": "x1", "from": MODEL, "template": "{{ .Prompt }}"}, 400, "Go template"),
+        ({"model": "x1", "from": MODEL, "parameters": {"mirostat_eta": 1}}, 400, "unknown parameter 'mirostat_eta'"),
+        ({"model": "x1", "from": MODEL, "parameters": {"temperature": "hot"}}, 400, "takes a number"),
+        ({"model": "x1", "from": MODEL, "parameters": {"temperature": -1}}, 400, "temperature"),
+        ({"model": "x1", "files": {"m.gguf": "sha256:" + "0" * 64}}, 400, "uploaded weights"),
+        ({"model": "x1", "from": MODEL, "quantize": "q4_K_M"}, 400, "aipc convert"),
+        ({"model": "smollm2", "from": MODEL}, 400, "catalog name"),
+        ({"model": "../x", "from": MODEL}, 400, "invalid model name"),
+        ({"model": "x1", "from": "/etc/passwd"}, 400, "--allow-paths"),
+        ({"model": "x1", "from": "smol-legacy", "modelfile": "FROM x1"}, 400, "FROM itself"),
+    ]
+    for body, status, fragment in bad:
+        r = http.post("/api/create", json={**body, "stream": False})
+        assert r.status_code == status and fragment in r.json()["error"], (body, r.status_code, r.text)
+    assert not store.find("x1")
+    for name in ("smol-terse", "smol-legacy"):
+        client.generate(model=name, keep_alive=0)
+        assert client.delete(name).status == "success"
+
+
 def test_delete_while_the_model_loads_is_refused_and_the_load_completes(client, http):
     import threading
 
@@ -342,7 +404,12 @@ def test_pull_from_the_hub_look_alike_then_chat_and_delete(client, phi3_fixtures
 def test_read_only_server_refuses_store_changes(model):
     with LiveServer(ServerSettings(read_only=True), model) as live:
         c = ollama.Client(host=live.url, timeout=60)
-        for call in (lambda: c.pull(MODEL), lambda: c.delete("whatever"), lambda: c.copy(MODEL, "other")):
+        for call in (
+            lambda: c.pull(MODEL),
+            lambda: c.delete("whatever"),
+            lambda: c.copy(MODEL, "other"),
+            lambda: c.create("other", from_=MODEL),
+        ):
             with pytest.raises(ollama.ResponseError) as info:
                 call()
             assert info.value.status_code == 403 and "read-only" in info.value.error

@@ -59,6 +59,7 @@ class Model:
         template: str | None = None,
         system: str | None = None,
         context_length: int | None = None,
+        answer_limit: int | None = None,
     ) -> None:
         self._backend = backend
         self.defaults = defaults
@@ -70,6 +71,7 @@ class Model:
         self.template = template
         self.system = system
         self.context_length = context_length
+        self.answer_limit = answer_limit  # its own max_tokens (num_predict), where it sets one
         self._fallback = fallback  # opens the model off the NPU when a prompt is over the NPU pipeline's limit
         self._alternative: Backend | None = None
         self._scorers: dict[int, Scorer] = {}  # per backend, opened on first need (log-probs, eval)
@@ -566,6 +568,7 @@ def load(
         template=source.template,
         system=source.system,
         context_length=source.context_length,
+        answer_limit=source.defaults.get("max_tokens"),
     )
 
 

@@ -285,9 +285,11 @@ def fit(
     """max_tokens checked against the context: over it is a 400 `context_length_exceeded`, as OpenAI answers;
     when not asked for, the model's default shortened to the room the prompt leaves. `within_room`: Ollama's
     num_predict, a limit rather than a request: not asked for (unlimited), all of the room; asked for, at most
-    the room (only a prompt that fills the context is refused). `context_length` narrows the context for this
-    request."""
+    the room (only a prompt that fills the context is refused); a limit the model was made with (a Modelfile's
+    num_predict) stands when the request sets none. `context_length` narrows the context for this request."""
     info = entry.model.info
+    if within_room and asked is None:
+        asked = entry.model.answer_limit
     limit = info.max_prompt_tokens
     if limit is not None and n_prompt > limit:
         raise APIError(

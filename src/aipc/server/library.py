@@ -228,6 +228,11 @@ def describe(name: str, *, allow_paths: bool, pinned: tuple[str, ...] = ()) -> d
         facts["model_info"] = {
             f"general.{k}": v for k, v in config.items() if isinstance(v, (int, float, str)) and not k.startswith("_")
         }
+    if source.template:  # a created model's own template, system prompt and context cap
+        facts["template"] = source.template
+    facts["system"] = source.system or ""
+    if source.context_length:
+        facts["context_length"] = min(source.context_length, facts["context_length"] or source.context_length)
     facts["manifest"] = manifest
     return facts
 
@@ -271,6 +276,14 @@ def copy(source: str, destination: str) -> list[str]:
     from aipc.store import create
 
     return [v.ref for v in create.copy(source, destination)]
+
+
+def create(name: str, mf: Any) -> str:
+    """Make `name` from a base model as `aipc create` does (`store.create.create`; `mf` a checked Modelfile):
+    the name it is stored under (Ollama's `:latest` is the bare name)."""
+    from aipc.store import create as creating
+
+    return creating.create(name, mf).name
 
 
 def pull(name: str, device: str = "auto") -> Iterator[dict[str, Any]]:

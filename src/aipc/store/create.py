@@ -23,8 +23,11 @@ __all__ = ["CREATED", "copy", "create", "new_name"]
 
 
 def new_name(name: str) -> str:
-    """A name a new model may take: valid, and not a catalog name or alias (those stay the catalog's)."""
+    """A name a new model may take: valid, and not a catalog name or alias (those stay the catalog's). Ollama's
+    default tag is the bare name (`mine:latest` is `mine`, and requests find it by either)."""
     store.validate_name(name)
+    if name.endswith(":latest") and len(name) > len(":latest"):
+        name = name[: -len(":latest")]
     if catalog.canonical(name) is not None:
         raise UsageError(
             f"{name!r} is a catalog name (of {catalog.canonical(name)}): choose another name for your model"
@@ -34,7 +37,7 @@ def new_name(name: str) -> str:
 
 def create(name: str, mf: Modelfile) -> store.Variant:
     """Publish `name` as `mf` describes; an earlier created model of that name is replaced, weights never are."""
-    new_name(name)
+    name = new_name(name)
     if mf.base.partition("@")[0] == name:
         raise UsageError(f"{name!r} cannot be made FROM itself")
     check(mf.base)
@@ -88,7 +91,7 @@ def copy(src: str, dst: str) -> list[store.Variant]:
     """Every variant of `src` (or one `src@variant`) as `dst`; the embedded model becomes a stored GGUF variant."""
     from aipc.store import embedded
 
-    new_name(dst)
+    dst = new_name(dst)
     if _find(dst):
         raise UsageError(f"{dst!r} already exists in the store: aipc rm {dst} first, or choose another name")
     src = canonical_ref(src)

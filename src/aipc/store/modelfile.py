@@ -149,6 +149,7 @@ def base_of(value: str, base_dir: Path | None, where: str) -> str:
 
 
 def apply_parameter(mf: Modelfile, value: str, where: str) -> None:
+    """One `PARAMETER name value` line's text."""
     name, _, raw = value.partition(" ")
     name = name.strip().lower()
     raw = raw.strip()
@@ -156,11 +157,11 @@ def apply_parameter(mf: Modelfile, value: str, where: str) -> None:
         raise UsageError(f"{where}: unknown parameter {name!r}: valid are {', '.join(PARAMETERS)}")
     if not raw:
         raise UsageError(f"{where}: PARAMETER {name} needs a value")
-    field_name, kind = PARAMETERS[name]
+    kind = PARAMETERS[name][1]
     if kind is str:
         if len(raw) >= 2 and raw[0] == raw[-1] == '"':
             raw = raw[1:-1]
-        mf.parameters.setdefault("stop", []).append(raw)
+        set_parameter(mf, name, raw, where)
         return
     try:
         number = kind(raw)
@@ -168,15 +169,70 @@ def apply_parameter(mf: Modelfile, value: str, where: str) -> None:
         raise UsageError(
             f"{where}: PARAMETER {name} takes {'an integer' if kind is int else 'a number'}, got {raw!r}"
         ) from None
+    set_parameter(mf, name, number, where)
+
+
+def set_parameter(mf: Modelfile, name: str, value: Any, where: str) -> None:
+    """Ollama's parameter `name` (a known one) set to a typed value: a number, or a string for `stop` (each one
+    more stop string)."""
+    field_name, kind = PARAMETERS[name]
+    if kind is str:
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{where}: {name} takes a non-empty string, got {value!r:.60}")
+        mf.parameters.setdefault("stop", []).append(value)
+        return
+    whole = isinstance(value, float) and value.is_integer()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not (isinstance(value, int) or whole))
+    ):
+        raise UsageError(f"{where}: {name} takes {'an integer' if kind is int else 'a number'}, got {value!r:.60}")
+    number = kind(value)
     if field_name == "context_length":
         if number < 2:
             raise UsageError(f"{where}: num_ctx must be at least 2 tokens, got {number}")
         mf.context_length = number
         return
-    mf.parameters[field_name] = number
     from aipc.engine.config import GenerationConfig
 
     GenerationConfig().updated(**{field_name: number})  # the same validation and message as --temperature etc.
+    mf.parameters[field_name] = number
+
+
+def from_fields(
+    base: str,
+    *,
+    system: str | None = None,
+    template: str | None = None,
+    license: str | list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    ignored: frozenset[str] = frozenset(),
+    where: str = "",
+) -> Modelfile:
+    """A Modelfile from its instructions as separate values (Ollama's /api/create body): `parameters` by
+    Ollama's names, each a value or a list of values; names in `ignored` (runner tuning) are skipped."""
+    mf = Modelfile(base=base_of(base, None, f"{where}from"), system=system or None, license=None)
+    if isinstance(license, list):
+        license = "\n\n".join(str(part) for part in license)
+    mf.license = license or None
+    if template:
+        mf.template = check_template(template, f"{where}template")
+    for name, value in (parameters or {}).items():
+        key = str(name).lower()
+        if key in ignored:
+            continue
+        if key not in PARAMETERS:
+            raise UsageError(f"{where}parameters: unknown parameter {name!r}: valid are {', '.join(PARAMETERS)}")
+        for item in value if isinstance(value, list) else [value]:
+            set_parameter(mf, key, item, f"{where}parameters.{key}")
+    for i, m in enumerate(messages or []):
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES or not isinstance(content, str) or not content.strip():
+            raise UsageError(f"{where}messages[{i}] takes a role ({', '.join(ROLES)}) and its text")
+        mf.messages.append({"role": role, "content": content.strip()})
+    return mf
 
 
 def check_template(source: str, where: str = "TEMPLATE") -> str:

@@ -147,6 +147,22 @@ class DeleteRequest(_Named):
     pass
 
 
+class CreateRequest(_Named):
+    from_: str | None = Field(default=None, alias="from")
+    stream: bool = True
+    system: str | None = None
+    template: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    modelfile: str | None = None  # older clients send a whole Modelfile
+    # What aipc does not take: weights uploaded as blobs, LoRA adapters, quantizing on creation.
+    files: dict[str, Any] | None = None
+    adapters: dict[str, Any] | None = None
+    quantize: str | None = None
+    quantization: str | None = None
+
+
 class CopyRequest(_Body):
     source: str
     destination: str
@@ -158,4 +174,13 @@ def timestamp(when: float | None = None) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-__all__ = ["ChatRequest", "CopyRequest", "DeleteRequest", "GenerateRequest", "PullRequest", "ShowRequest", "parse"]
+__all__ = [
+    "ChatRequest",
+    "CopyRequest",
+    "CreateRequest",
+    "DeleteRequest",
+    "GenerateRequest",
+    "PullRequest",
+    "ShowRequest",
+    "parse",
+]
