@@ -246,6 +246,48 @@ def test_the_ollama_client_gets_calls_with_arguments_as_objects(server):
     assert streamed[-1].done
 
 
+BOOKING = {  # what pydantic (Field(ge=1, le=9)), MCP servers (format) and OpenAPI (nullable) write
+    "type": "function",
+    "function": {
+        "name": "hotels.book",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "nights": {"type": "integer", "minimum": 1, "maximum": 9, "multipleOf": 1},
+                "arrival": {"type": "string", "format": "date", "maxLength": 12},
+                "note": {"type": "string", "nullable": True, "maxLength": 20},
+            },
+            "required": ["nights", "arrival", "note"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_tools_with_validation_keywords_are_called_with_their_shape(client, server):
+    """Keywords no grammar enforces are left to the model (described in the prompt); the call keeps the shape."""
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Book two nights from 2026-12-24."}],
+        tools=[BOOKING],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=120,
+    )
+    call = reply.choices[0].message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "hotels.book" and isinstance(args["nights"], int)
+    assert isinstance(args["arrival"], str) and (args["note"] is None or isinstance(args["note"], str))
+    # Ollama's clients: the same tool without "type", and a result that answers no call in the history
+    history = [*ASK, {"role": "tool", "tool_name": "get_weather", "content": "21C, sunny"}]
+    loose = dict(BOOKING)
+    loose.pop("type")
+    answer = ollama.Client(host=server.url).chat(
+        model=MODEL, messages=history, tools=[loose], options={"temperature": 0, "num_predict": 20}
+    )
+    assert answer.done
+
+
 def test_the_python_api_streams_tool_call_events(model):
     events = list(
         model.stream_chat(ASK, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False, temperature=0)

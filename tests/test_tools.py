@@ -94,7 +94,7 @@ def test_a_request_with_tools_is_checked_and_defaults_like_openai():
     ("args", "fragment"),
     [
         (([{"type": "function", "function": {"name": "get weather"}}],), "tools[0].function.name must match"),
-        (([WEATHER_TOOL, {"type": "function", "function": {"name": "x" * 65}}],), "tools[1].function.name"),
+        (([WEATHER_TOOL, {"type": "function", "function": {"name": "x" * 129}}],), "tools[1].function.name"),
         (([WEATHER_TOOL, WEATHER_TOOL],), "tools[1].function.name 'get_weather' is defined twice"),
         (([{"type": "retrieval"}],), "tools[0].type must be 'function'"),
         (([{"type": "function"}],), "tools[0].function must be an object"),
@@ -133,6 +133,12 @@ def test_histories_with_calls_and_results_are_checked_and_normalised():
         "name": "get_weather",
     }
     assert clean[4]["name"] == "get_time"
+    # a result that names no call (Ollama's clients, trimmed histories) is passed on as it is, with its name
+    loose = tools.validate_messages([HISTORY[0], {"role": "tool", "name": "get_weather", "content": "18C"}])
+    assert loose[1] == {"role": "tool", "content": "18C", "name": "get_weather"}
+    # MCP-style names and a tool without "type", as Ollama accepts them
+    mcp = tools.parse_request([{"function": {"name": "files.read_text:v2", "parameters": {"type": "object"}}}])
+    assert mcp.tools[0].name == "files.read_text:v2"
     ollama_style = {"id": "c", "function": {"name": "f", "arguments": {"x": 1}}}
     assert (
         tools.validate_messages([{"role": "assistant", "content": "", "tool_calls": [ollama_style]}])[0]["tool_calls"][
@@ -147,7 +153,10 @@ def test_histories_with_calls_and_results_are_checked_and_normalised():
     [
         ([{"role": "tool", "tool_call_id": "call_a", "content": "x"}], "messages[0].tool_call_id 'call_a' answers no"),
         ([*HISTORY[:3], {"role": "tool", "tool_call_id": "call_z", "content": "x"}], "messages[3].tool_call_id"),
-        ([*HISTORY[:3], {"role": "tool", "content": "x"}], "messages[3].tool_call_id must be the id"),
+        (
+            [*HISTORY[:3], {"role": "tool", "tool_call_id": "", "content": "x"}],
+            "messages[3].tool_call_id must be the id",
+        ),
         ([*HISTORY[:3], {"role": "user", "content": "hi"}, HISTORY[3]], "messages[4].tool_call_id"),
         ([{"role": "user", "content": None}], "messages[0].content must be a string (null only"),
         ([{"role": "assistant", "content": None}], "messages[0].content must be a string"),

@@ -44,6 +44,27 @@ TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 MAX_DEPTH = 32
 
 
+def loosened(node: Any) -> Any:
+    """`node` with only the keywords aipc constrains by (and annotations): validation keywords no grammar can
+    enforce (minimum, format, multipleOf, uniqueItems...) dropped, OpenAPI's `nullable` as a null type. For a
+    tool's parameters, which describe its arguments to the model; the full schema still goes into the prompt."""
+    if isinstance(node, list):
+        return [loosened(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: loosened(child) for name, child in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"):
+            out[key] = loosened(value)
+        elif key in CONSTRAINING or key in ANNOTATIONS:
+            out[key] = value
+    if node.get("nullable") is True and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
 def check(schema: Any, where: str = "json_schema") -> None:
     """Refuse a schema that uses a keyword outside the supported subset, naming the keyword and where it is."""
     _walk(schema, where, 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aipc.engine import schema as json_schema
 from aipc.engine.tools.formats import ToolFormat
 from aipc.engine.tools.request import Tool, ToolRequest
 
@@ -41,7 +42,7 @@ def call_schema(tools: tuple[Tool, ...]) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "name": {"type": "string", "const": t.name},
-                "arguments": {"type": "object", **t.parameters},
+                "arguments": {"type": "object", **json_schema.loosened(t.parameters)},
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,

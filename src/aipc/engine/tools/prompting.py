@@ -185,7 +185,8 @@ def _append_result(out: list[dict[str, Any]], m: dict[str, Any], fmt: ToolFormat
         text = f"<tool_response>\n{m['content']}\n</tool_response>"
         joiner = "\n"
     else:
-        text = f"Result of {m['name']} (call {m['tool_call_id']}):\n{m['content']}"
+        call = f"{m['name']} (call {m['tool_call_id']})" if m.get("tool_call_id") else m.get("name") or "a tool"
+        text = f"Result of {call}:\n{m['content']}"
         joiner = "\n\n"
     previous = out[-1] if out else None
     if previous is not None and previous.get("_results"):

@@ -17,7 +17,8 @@ from typing import Any
 
 from aipc.errors import UsageError
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# OpenAI allows [a-zA-Z0-9_-]{1,64}; MCP servers and Ollama clients also use dots and colons ("files.read").
+NAME_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,128}$")
 MAX_TOOLS = 128  # OpenAI's limit
 CHOICES = ("none", "auto", "required")
 ROLES = ("system", "user", "assistant", "tool")
@@ -104,7 +105,7 @@ def _parse_tools(tools: Any) -> tuple[Tool, ...]:
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise UsageError(f'{where} must be an object {{"type": "function", "function": {{...}}}}')
-        if tool.get("type") != "function":
+        if tool.get("type", "function") != "function":  # left out by some hand-written clients, as Ollama allows
             raise UsageError(f"{where}.type must be 'function' (got {tool.get('type')!r})")
         function = tool.get("function")
         if not isinstance(function, dict):
@@ -197,6 +198,11 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
                 open_calls = {c["id"]: c["function"]["name"] for c in message["tool_calls"]}
         elif role == "tool":
             call_id = m.get("tool_call_id")
+            if call_id is None:  # a result that names no call (Ollama's clients, trimmed histories): as it is
+                if isinstance(m.get("name"), str) and m["name"]:
+                    message["name"] = m["name"]
+                clean.append(message)
+                continue
             if not isinstance(call_id, str) or not call_id:
                 raise UsageError(f"{where}.tool_call_id must be the id of the call this message answers")
             if call_id not in open_calls:

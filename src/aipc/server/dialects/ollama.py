@@ -216,7 +216,8 @@ def _chat_prepare(state: core.ServerState, body: Any, options: dict, asked: int 
 def _chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
     """Ollama's messages in OpenAI's shape for the engine. Ollama's calls carry no ids and its tool messages
     name only the function (`tool_name`): each call gets an id here, and each result answers the first call
-    of the assistant message before it that has that name (or, without a name, the next unanswered one)."""
+    of the assistant message before it that has that name (else the next unanswered one); a result left
+    answering no call is passed on without one, as Ollama passes every message to the template."""
     out: list[dict[str, Any]] = []
     pending: list[tuple[str, str]] = []  # (id, name) of the last assistant message's unanswered calls
     for i, m in enumerate(messages):
@@ -232,15 +233,12 @@ def _chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
             message["tool_calls"] = calls
             pending = [(c["id"], str(c["function"].get("name"))) for c in calls]
         elif m.role == "tool":
-            match = next((p for p in pending if m.tool_name in (None, p[1])), None)
-            if match is None:
-                raise APIError(
-                    400,
-                    f"messages[{i}] is a tool result that answers no call of the assistant message before it",
-                    param=f"messages[{i}]",
-                )
-            pending.remove(match)
-            message["tool_call_id"] = match[0]
+            match = next((p for p in pending if m.tool_name in (None, p[1])), pending[0] if pending else None)
+            if match is not None:
+                pending.remove(match)
+                message["tool_call_id"] = match[0]
+            elif m.tool_name:  # a result that answers no open call: passed on as it is, as Ollama does
+                message["name"] = m.tool_name
         elif m.role != "assistant":
             pending = []
         out.append(message)

@@ -206,8 +206,8 @@ class ChatRequest(_Sampling):
             }
             if calls:
                 message["tool_calls"] = m.tool_calls
-            if m.tool_call_id is not None:
-                message["tool_call_id"] = m.tool_call_id
+            if m.tool_call_id is not None or m.role == "tool":  # OpenAI requires the id a result answers
+                message["tool_call_id"] = m.tool_call_id or ""
             out.append(message)
         return out
 
