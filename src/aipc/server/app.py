@@ -53,7 +53,7 @@ def create_app(settings: ServerSettings, *, model: Any = None) -> tuple[Any, Ser
     errors.install(app)
     page, page_csp = _chat_page()
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         status, body = state.health()
         return JSONResponse(body, status_code=status)

@@ -231,6 +231,7 @@ def describe(name: str, *, allow_paths: bool, pinned: tuple[str, ...] = ()) -> d
     if source.template:  # a created model's own template, system prompt and context cap
         facts["template"] = source.template
     facts["system"] = source.system or ""
+    facts["num_ctx"] = source.context_length
     if source.context_length:
         facts["context_length"] = min(source.context_length, facts["context_length"] or source.context_length)
     facts["manifest"] = manifest

@@ -245,6 +245,8 @@ class ModelPool:
         entry.state = READY
         entry.slots = Slots(max(1, min(self.settings.parallel, info.parallel)), self.settings.max_queue)
         entry.context_length = self.settings.context_length or info.context_length
+        if model.context_length:  # a created model's num_ctx (its Modelfile) caps what its requests may use
+            entry.context_length = min(entry.context_length or model.context_length, model.context_length)
         entry.size_bytes = grown if grown > 0 else entry.estimate_bytes
         entry.load_seconds = seconds
         if info.ref and info.ref not in self.entries:

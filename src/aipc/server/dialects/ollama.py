@@ -71,7 +71,7 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     async def generate(request: Request) -> Response:
         return await _generate(state, request, chat=False)
 
-    @app.get("/api/version")
+    @app.api_route("/api/version", methods=["GET", "HEAD"])
     async def version() -> JSONResponse:
         from aipc import __version__
 
@@ -101,7 +101,8 @@ async def _generate(state: core.ServerState, request: Request, *, chat: bool) ->
     if generation is None:
         return core.gone()
     names = TokenNames(entry.model) if body.logprobs else None
-    shape = _Shape(entry.name, chat=chat, started=started, load_s=load_s, names=names)
+    # as Ollama: responses name the model as the request did (`smollm2`, not the catalog's smollm2:135m)
+    shape = _Shape(body.model, chat=chat, started=started, load_s=load_s, names=names)
     if body.stream:
         return core.StreamResponse(shape.stream(generation), generation.pump, NDJSON)
     events = await generation.collect(request)
@@ -279,14 +280,15 @@ async def _load_only(
     """No messages or prompt: load the model (or, with keep_alive 0, unload it), as Ollama does."""
     body: dict[str, Any] = {"model": name, "created_at": protocol.timestamp()}
     if keep == 0:
-        await state.pool.stop(state.check_name(name))
+        checked = state.check_name(name)
+        if await state.pool.stop(checked) is None:
+            await state.sources(checked)  # nothing loaded by that name: a model this server does not have is a 404
         reason = "unload"
     else:
         entry = await state.acquire(request, name, keep)
         if entry is None:
             return core.gone()
         state.pool.release(entry)
-        body["model"] = entry.name
         reason = "load"
     body |= {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
     body |= {"done": True, "done_reason": reason}

@@ -35,6 +35,24 @@ class Options(BaseModel):
             return max(-(2**63), min(int(value), 2**63 - 1))
         return value
 
+    @field_validator("top_p", mode="after")
+    @classmethod
+    def _top_p(cls, value: float | None) -> float | None:
+        """As Ollama's sampler takes it from a slider: 0 keeps the top token, past 1 keeps every token."""
+        if value is None or not math.isfinite(value):
+            return value
+        return min(max(value, 1e-6), 1.0)
+
+    @field_validator("presence_penalty", "frequency_penalty", mode="after")
+    @classmethod
+    def _penalty(cls, value: float | None) -> float | None:
+        return None if value is None or not math.isfinite(value) else min(max(value, -2.0), 2.0)
+
+    @field_validator("num_ctx", mode="after")
+    @classmethod
+    def _num_ctx(cls, value: int | None) -> int | None:
+        return value if value is None or value > 0 else None  # 0 or less: the model's own context
+
     @field_validator("top_k", mode="after")
     @classmethod
     def _top_k(cls, value: int | None) -> int | None:
@@ -42,14 +60,14 @@ class Options(BaseModel):
 
     num_predict: int | None = None
     temperature: float | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = None
     top_k: int | None = Field(default=None, le=2**31 - 1)
     seed: int | None = Field(default=None, le=2**63 - 1)
     stop: list[str] | str | None = None
     repeat_penalty: float | None = Field(default=None, gt=0)
-    num_ctx: int | None = Field(default=None, ge=1)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    num_ctx: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     # Sampling aipc cannot do: refused unless set to the value that turns them off.
     mirostat: int | None = None
     tfs_z: float | None = None
@@ -76,6 +94,8 @@ RUNNER_OPTIONS = frozenset(
         "repeat_last_n",
         "penalize_newline",
         "use_numa",
+        "mirostat_eta",  # only used by mirostat, which is refused unless off
+        "mirostat_tau",
     }
 )
 # name -> the value that means "off"
