@@ -101,6 +101,32 @@ def test_stop_strings_keep_the_tokens_of_the_text_before_them():
     assert model_text_prefix(full, len(tokens)) == tokens
 
 
+@pytest.mark.parametrize("backend", ["llamacpp", "openvino", "onnxruntime"])
+@pytest.mark.parametrize("logprobs", [None, 1])
+def test_a_stop_string_ends_the_generation_and_its_count_at_its_token(backend, logprobs, phi3_fixtures, request):
+    """Generation stops at the stop string (not at max_tokens: log-probs are scored after the runtime ends), and
+    the usage counts the tokens up to the one that completed it."""
+    spec = "smollm2:135m" if backend != "onnxruntime" else request.getfixturevalue("tiny_onnx_fp32")
+    with aipc.load(spec, backend=backend, device="cpu") as model:
+        prompt = model.tokenize(PROMPT)
+        options = {"temperature": 0, "repetition_penalty": 1, "max_tokens": 48}
+        full = list(model.stream(prompt, raw=True, **options))
+        ids = list(full[-1].token_ids)
+        assert len(ids) >= 8
+        # a stop string that a later token's text completes (the first, from the 3rd on, that brings new text)
+        for n in range(3, len(ids)):
+            before = model.detokenize(ids[:n])
+            stop = model.detokenize(ids[: n + 1])[len(before) :].strip()
+            if stop and stop not in before:
+                break
+        assert stop and stop not in before, ids
+        cut = list(model.stream(prompt, raw=True, stop=[stop], logprobs=logprobs, **options))
+    done = cut[-1]
+    assert done.finish_reason == "stop"
+    assert done.usage.completion_tokens == len(done.token_ids) == n + 1, (stop, done.token_ids, ids)
+    assert list(done.token_ids) == ids[: n + 1]
+
+
 def model_text_prefix(events, n):
     return [t.id for e in events if isinstance(e, TextDelta) for t in e.tokens][:n]
 

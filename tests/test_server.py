@@ -102,6 +102,30 @@ def test_what_clients_send_back_as_openai_defines_it_is_taken(client, http):
     refusal = {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]}
     messages = [*ask, resent, {"role": "user", "content": "Again."}, refusal, {"role": "user", "content": "Once more."}]
     assert client.chat.completions.create(model="smollm2:135m", messages=messages, max_tokens=3).choices
+    # OpenAI's newer fields that change nothing here, as SDKs and LiteLLM pass them through
+    hints = {
+        "prompt_cache_key": "k",
+        "safety_identifier": "u1",
+        "reasoning_effort": "low",
+        "verbosity": "low",
+        "modalities": ["text"],
+        "audio": None,
+        "service_tier": "auto",
+        "prediction": {"type": "content", "content": "Hi"},
+        "stream_options": {"include_usage": True, "include_obfuscation": False},
+    }
+    r = http.post("/v1/chat/completions", json={"messages": ask, "max_tokens": 2, "stream": True} | hints)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
+    thought = {"role": "assistant", "content": "Hi.", "reasoning_content": "The user greets.", "cache_control": {}}
+    r = http.post("/v1/chat/completions", json={"messages": [*ask, thought, *ask], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    # any int64 seed, negative ones as fixed as the rest
+    seeded = [
+        client.chat.completions.create(model="smollm2:135m", messages=ask, max_tokens=8, temperature=1, seed=-1)
+        for _ in range(2)
+    ]
+    assert seeded[0].choices[0].message.content == seeded[1].choices[0].message.content
+    assert http.get("/v1/models/").json()["object"] == "list"  # with a trailing slash
     # more than OpenAI's 4 stop strings, as lm-eval's code tasks send
     stops = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "<|endoftext|>"]
     assert client.completions.create(model="smollm2:135m", prompt="def add(a, b):\n", max_tokens=8, stop=stops)
@@ -225,7 +249,10 @@ def test_openai_client_sees_each_error_as_its_exception(client, kwargs, error, p
         (chat_body(max_tokens=0), "max_tokens", "greater than or equal to 1"),
         (chat_body(max_tokens=True), "max_tokens", "valid integer"),
         (chat_body(max_tokens=2.5), "max_tokens", "valid integer"),
-        (chat_body(seed=-3), "seed", "greater than or equal to 0"),
+        (chat_body(seed=-(2**63) - 1), "seed", "greater than or equal to"),
+        (chat_body(service_tier="bogus"), "service_tier", "auto"),
+        (chat_body(modalities=["text", "audio"]), "modalities", "audio output"),
+        (chat_body(web_search_options={}), "web_search_options", "does not search"),
         (chat_body(top_k=10**12), "top_k", "less than or equal to"),
         (chat_body(max_tokens=10**9), "messages", "maximum context length is 8192 tokens"),
         (chat_body(max_tokens=10**12), "max_tokens", "an integer from 1 to 2147483647"),

@@ -350,7 +350,13 @@ class OpenVINOModel:
             if cfg.top_k:
                 gc.top_k = cfg.top_k
             # OpenVINO's own default seed is 0, which would draw the same answer for every unseeded request.
-            gc.rng_seed = cfg.seed if cfg.seed is not None else secrets.randbits(32)
+            gc.rng_seed = _seed32(cfg.seed) if cfg.seed is not None else secrets.randbits(32)
+        if cfg.stop and not cfg.ignore_eos:
+            # The runtime stops right after the token that completes a stop string (no tokens past it, which
+            # log-probs and `n` choices would otherwise generate before aipc's matcher sees the text); the text
+            # is kept, for the engine's matcher to cut as on every backend.
+            gc.stop_strings = set(cfg.stop)
+            gc.include_stop_str_in_output = True
         if cfg.json_schema is not None:
             gc.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=cfg.json_schema)
         return gc
@@ -570,6 +576,12 @@ def ir_path(source: ModelSource, device: DeviceInfo) -> Path:
 
     check_readable(source.path)  # a type the reader cannot read exactly: refused here, so `load` falls back
     return ir_for_gguf(source.path, "npu" if device.name.startswith("npu") else "compressed")
+
+
+def _seed32(seed: int) -> int:
+    """A seed for OpenVINO's 32-bit generator: seeds up to 2**32 - 1 as they are, larger ones with their high
+    bits folded in (the runtime would drop them: 5 and 5 + 2**32 drew the same answer)."""
+    return (seed ^ (seed >> 32) ^ (seed >> 64)) & 0xFFFFFFFF
 
 
 def _last_line(exc: BaseException) -> str:

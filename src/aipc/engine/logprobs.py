@@ -10,6 +10,7 @@ re-splits the answer into one delta per token. Prompt log-probs (`echo`) always 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -54,20 +55,29 @@ def scored_after(
     k: int,
     score: Callable[[list[int]], np.ndarray],
     detokenize: Callable[[Sequence[int]], str],
+    stops: Sequence[str] = (),
+    cancel: threading.Event | None = None,
 ) -> Iterator[TextDelta | Finished]:
     """A backend's stream with log-probs added once it has finished: the generated ids are scored after the
     prompt in one teacher-forced pass, and the answer is re-split into one delta per token (tokens that end
     inside a multi-byte character join the next; control tokens the runtime did not stream are left out). Each
     delta keeps the time its text was first produced, so timings stay the runtime's. Text the runtime streamed
-    that no token accounts for (never expected) is passed on without log-probs."""
+    that no token accounts for (never expected) is passed on without log-probs. Once the text holds one of
+    `stops`, `cancel` is set: the runtime stops at its next token rather than at the answer's end."""
     deltas: list[TextDelta] = []
     finished = None
+    seen = ""
+    longest = max((len(s) for s in stops), default=0)
     try:
         for item in items:
             if isinstance(item, Finished):
                 finished = item
                 break
             deltas.append(item)
+            if stops and cancel is not None and not cancel.is_set():
+                seen = seen[-longest:] + item.text
+                if any(s in seen for s in stops):
+                    cancel.set()
     finally:
         close = getattr(items, "close", None)
         if close is not None:

@@ -6,6 +6,7 @@ strings, finish reasons, and timings computed from the event stream.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -319,7 +320,15 @@ class Model:
 
             make = backend  # bound now: the scorer belongs to the backend that generated
 
-            items = scored_after(items, ids, config.logprobs, lambda seq: self._score(make, seq), backend.detokenize)
+            items = scored_after(
+                items,
+                ids,
+                config.logprobs,
+                lambda seq: self._score(make, seq),
+                backend.detokenize,
+                stops=config.stop or (),
+                cancel=cancel,
+            )
         pending: tuple = ()  # log-probs of tokens whose text is held back (no text yet, or a possible stop string)
         try:
             for item in items:
@@ -353,6 +362,9 @@ class Model:
         if stopper is not None and not stopped and (rest := stopper.flush()):
             yield TextDelta(rest, finished.t, pending)
         reason = "stop" if stopped else finished.finish_reason
+        if stopped and finished.token_ids:  # tokens the runtime made after the stop string are not the answer's
+            kept = _tokens_to_stop(finished.token_ids, backend.detokenize, config.stop)
+            finished = dataclasses.replace(finished, completion_tokens=kept, token_ids=finished.token_ids[:kept])
         info = backend.info
         yield Done(
             finish_reason=reason,
@@ -511,6 +523,21 @@ class _StopMatcher:
     def flush(self) -> str:
         out, self._buf = self._buf, ""
         return out
+
+
+def _tokens_to_stop(ids: Sequence[int], detokenize: Callable[[Sequence[int]], str], stops: Sequence[str]) -> int:
+    """How many of `ids` it takes for their text to hold a stop string (all of them where it never does):
+    a binary search, the text growing with the tokens."""
+    low, high = 1, len(ids)
+    if not any(s in detokenize(ids) for s in stops):
+        return len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if any(s in detokenize(ids[:middle]) for s in stops):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def _join(events: Iterator[Event]) -> str:

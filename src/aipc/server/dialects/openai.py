@@ -45,6 +45,8 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     async def get_model(model_id: str) -> JSONResponse:
         from aipc.server import library
 
+        if not model_id.strip("/"):
+            return await list_models()  # /v1/models/ with its trailing slash
         name = state.check_name(model_id)
         if state.pool.find(name) is None:
             await state.sources(name)

@@ -33,6 +33,7 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # padding against length side channels; loopback needs none
 
 
 class ResponseFormat(_Body):
@@ -63,6 +64,9 @@ class Message(_Body):
     annotations: list[Any] | None = None  # likewise (url citations of OpenAI's search models); not used
     audio: dict[str, Any] | None = None  # likewise (a reference to an earlier spoken reply); not used
     function_call: None = None  # the deprecated form of tool_calls: null only, as a resent message has it
+    reasoning_content: str | None = None  # vLLM's and DeepSeek's thinking, resent by their clients; not used
+    reasoning: str | None = None
+    cache_control: dict[str, Any] | None = None  # prompt caching hints (Anthropic-style clients); not needed
 
     def text(self, index: int) -> str:
         """The message's text: a string, or the concatenated text of `{"type": "text"}` parts."""
@@ -99,7 +103,7 @@ class _Sampling(_Body):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=128)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -143,7 +147,7 @@ class _Sampling(_Body):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
-            "seed": self.seed,
+            "seed": None if self.seed is None else self.seed & (2**63 - 1),  # a negative seed, folded: still fixed
             "repetition_penalty": self.repetition_penalty,
             "stop": tuple(self.stop) if self.stop else None,
             "presence_penalty": self.presence_penalty or None,
@@ -170,7 +174,17 @@ class ChatRequest(_Sampling):
     parallel_tool_calls: bool | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
-    service_tier: str | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    # Hints that change nothing here, accepted as they are harmless: caching and abuse-tracking keys, how much
+    # a reasoning model thinks or says (this model does not think), a predicted output (a speed hint).
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prediction: dict[str, Any] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -183,6 +197,12 @@ class ChatRequest(_Sampling):
             raise APIError(400, f"function_call {NOT_SUPPORTED}: use tool_choice", param="function_call")
         if self.store:
             raise APIError(400, f"store=true {NOT_SUPPORTED}: nothing is kept", param="store")
+        if self.audio is not None or "audio" in (self.modalities or []):
+            raise APIError(400, f"audio output {NOT_SUPPORTED}: this server answers in text", param="modalities")
+        if self.web_search_options is not None:
+            raise APIError(
+                400, f"web_search_options {NOT_SUPPORTED}: this server does not search", param="web_search_options"
+            )
 
     def options(self, max_tokens: int | None) -> dict[str, Any]:
         extra = {"logprobs": self.top_logprobs or 0} if self.logprobs else {}
