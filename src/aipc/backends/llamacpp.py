@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter as _now
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -301,6 +302,12 @@ class LlamaCppModel:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from a second context on the same
         file that keeps every position's logits (`logits_all`), which the generating context does not."""
         return LlamaCppScorer(Path(self.info.path), self._gpu_layers)
+
+    def embedder(self) -> Any:
+        """Text embeddings (see `aipc.backends.embedding`) from a second context on the same file."""
+        from aipc.backends.embedding import LlamaCppEmbedder
+
+        return LlamaCppEmbedder(Path(self.info.path), self._gpu_layers, self._ctx)
 
     def reset_cache(self) -> None:
         """Forget the KV cache kept for a shared prompt prefix."""

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter as _now
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import openvino_genai as ov_genai
 
@@ -465,6 +465,14 @@ class OpenVINOModel:
                 "last position's logits only: use --device cpu or gpu"
             )
         return OpenVINOScorer(self._ir, self._device)
+
+    def embedder(self) -> Any:
+        """Text embeddings (see `aipc.backends.embedding`) from the IR this pipeline runs; not on the NPU."""
+        from aipc.backends.embedding import OpenVINOEmbedder
+
+        if self._is_npu:
+            raise UsageError("embeddings are not supported on the NPU (static shapes): use --device cpu or gpu")
+        return OpenVINOEmbedder(self._ir, self._device.runtime_name)
 
     def close(self) -> None:
         self._pipe = None

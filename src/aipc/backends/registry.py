@@ -25,6 +25,8 @@ BATCHED: dict[str, tuple[str, str]] = {
 }
 # Backends whose opened models have `scorer()` (teacher-forced log-probs, for `aipc eval`).
 SCORING = ("openvino", "onnxruntime", "llamacpp", "torch")
+# Backends whose opened models have `embedder()` (text embeddings: /api/embed, /v1/embeddings).
+EMBEDDING = ("openvino", "llamacpp", "torch")
 # Devices in the order `--device auto` prefers them: the NPU is the AI PC's efficient path.
 DEVICE_PREFERENCE = ("npu", "gpu", "cpu")
 

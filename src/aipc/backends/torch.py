@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from time import perf_counter as _now
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,6 +168,12 @@ class TorchModel:
     def scorer(self) -> TorchScorer:
         """Teacher-forced next-token log-probs from one forward pass (see `aipc.backends.scoring`)."""
         return TorchScorer(self._model, self._device)
+
+    def embedder(self) -> Any:
+        """Text embeddings (see `aipc.backends.embedding`): the last hidden state, averaged."""
+        from aipc.backends.embedding import TorchEmbedder
+
+        return TorchEmbedder(self._model, self._device)
 
     def close(self) -> None:
         self._model = None

@@ -18,6 +18,7 @@ from aipc.backends.scoring import Scorer
 from aipc.engine import prompt, template
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.defaults import OPTIONS, SamplingDefaults
+from aipc.engine.embeddings import EmbedderCache
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
 from aipc.errors import (
     AipcError,
@@ -76,6 +77,7 @@ class Model:
         self._fallback = fallback  # opens the model off the NPU when a prompt is over the NPU pipeline's limit
         self._alternative: Backend | None = None
         self._scorers: dict[int, Scorer] = {}  # per backend, opened on first need (log-probs, eval)
+        self._embedders = EmbedderCache()  # likewise, for embeddings
         self._score_lock = threading.Lock()
         self._token_texts: dict[int, str] = {}
         self._token_bytes: dict[int, bytes] = {}
@@ -434,6 +436,15 @@ class Model:
                 scorer = self._scorers[id(backend)] = self._scorer_of(backend, "log-probabilities")
             return scorer.next_token_logprobs(ids)
 
+    def embed(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = True) -> Any:
+        """Unit-length embeddings of `texts` (or token ids) (`aipc.engine.embeddings.Embeddings`: vectors, tokens):
+        the mean of the model's last hidden state, as Ollama computes them for a generative model. A text over
+        the context is cut to it, or refused with `truncate=False`."""
+        from aipc.engine.embeddings import embed
+
+        context = self.context_length or self.info.context_length
+        return embed(self._backend, self._embedders, texts, context, truncate, self.check_ids)
+
     def prompt_logprobs(self, ids: Sequence[int], top: int = 0) -> list[Any]:
         """Each prompt token's `TokenLogprob` given the tokens before it (the first: None, nothing predicts it),
         with the `top` most likely tokens at each position: what `echo` with `logprobs` returns."""
@@ -482,6 +493,7 @@ class Model:
     # --- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:
         self._scorers.clear()
+        self._embedders.close()
         self._backend.close()
         if self._alternative is not None:
             self._alternative.close()

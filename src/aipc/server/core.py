@@ -483,6 +483,41 @@ async def _pumped(state: ServerState, request: Any, entry: Entry, start: Callabl
     return pump
 
 
+# --- embeddings --------------------------------------------------------------------------------------------
+MAX_EMBED_INPUTS = 2048  # texts per request, as OpenAI allows
+
+
+async def embed(
+    state: ServerState, request: Any, name: str | None, texts: list[Any], *, keep_alive: Any = _UNSET, truncate: bool
+) -> tuple[Any, str] | None:
+    """`texts` embedded by the named model (`Model.embed`, in a worker thread, beside its generations): the
+    `Embeddings` and the served model's name, or None when the client left while it loaded."""
+    if len(texts) > MAX_EMBED_INPUTS:
+        raise APIError(400, f"input has {len(texts)} items: at most {MAX_EMBED_INPUTS} are allowed", param="input")
+    entry = await state.acquire(request, name, keep_alive)
+    if entry is None:
+        return None
+    try:
+        result = await run_in_threadpool(entry.model.embed, texts, truncate=truncate)
+    except AipcError as exc:
+        raise to_api_error(exc, param="input") from None
+    finally:
+        state.pool.release(entry)
+    return result, entry.name
+
+
+def shortened(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:
+    """The first `dimensions` of each unit vector, scaled to unit length again (as OpenAI and Ollama shorten)."""
+    if dimensions is None or not vectors or dimensions == len(vectors[0]):
+        return vectors
+    if dimensions > len(vectors[0]):
+        message = f"dimensions is {dimensions}: this model's embeddings have {len(vectors[0])}"
+        raise APIError(400, message, param="dimensions", code="invalid_value")
+    from aipc.backends.embedding import unit
+
+    return [unit(v[:dimensions]) for v in vectors]
+
+
 async def _all(pump: EventPump) -> list[Any]:
     return [item async for item in pump]
 

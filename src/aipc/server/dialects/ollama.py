@@ -71,6 +71,14 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     async def generate(request: Request) -> Response:
         return await _generate(state, request, chat=False)
 
+    @app.post("/api/embed")
+    async def embed(request: Request) -> Response:
+        return await _embed(state, request, legacy=False)
+
+    @app.post("/api/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await _embed(state, request, legacy=True)
+
     @app.api_route("/api/version", methods=["GET", "HEAD"])
     async def version() -> JSONResponse:
         from aipc import __version__
@@ -109,6 +117,43 @@ async def _generate(state: core.ServerState, request: Request, *, chat: bool) ->
     if events is None:
         return core.gone()
     return JSONResponse(shape.whole(events, generation.prepared))
+
+
+async def _embed(state: core.ServerState, request: Request, *, legacy: bool) -> Response:
+    """/api/embed (`input`: a string or a list; unit vectors as `embeddings`) and the older /api/embeddings
+    (`prompt`; one `embedding`). No input loads the model, as a chat without messages does."""
+    started = time.perf_counter()
+    state.check_serving()
+    kind = protocol.EmbeddingsRequest if legacy else protocol.EmbedRequest
+    body = protocol.parse(kind, await core.read_json(request))
+    if not body.model:
+        raise APIError(400, "model is required", param="model")
+    keep = _UNSET if body.keep_alive is None else _keep_alive(body.keep_alive)
+    given = body.prompt if legacy else body.input
+    texts = [given] if isinstance(given, str) else list(given or [])
+    if not any(texts):  # as Ollama: nothing to embed loads the model and answers an empty list
+        texts = []
+    if not texts:
+        entry = await state.acquire(request, body.model, keep)
+        if entry is None:
+            return core.gone()
+        state.pool.release(entry)
+        return JSONResponse({"embedding": []} if legacy else {"model": body.model, "embeddings": []})
+    done = await core.embed(state, request, body.model, texts, keep_alive=keep, truncate=legacy or body.truncate)
+    if done is None:
+        return core.gone()
+    result, _ = done
+    if legacy:
+        return JSONResponse({"embedding": result.vectors[0]})
+    return JSONResponse(
+        {
+            "model": body.model,
+            "embeddings": core.shortened(result.vectors, body.dimensions),
+            "total_duration": _ns(time.perf_counter() - started),
+            "load_duration": _ns(request.scope.get("aipc.stats", {}).get("load_ms", 0) / 1000),
+            "prompt_eval_count": result.prompt_tokens,
+        }
+    )
 
 
 def _keep_alive(value: Any) -> float | None:

@@ -142,6 +142,22 @@ class GenerateRequest(_Generating):
     images: list[Any] | None = None
 
 
+class EmbedRequest(_Body):
+    model: str | None = None
+    input: str | list[str] | None = None
+    truncate: bool = True
+    dimensions: int | None = Field(default=None, ge=1)
+    options: Options | None = None
+    keep_alive: float | int | str | None = None
+
+
+class EmbeddingsRequest(_Body):  # the older route: one prompt, one "embedding"
+    model: str | None = None
+    prompt: str | None = None
+    options: Options | None = None
+    keep_alive: float | int | str | None = None
+
+
 class _Named(_Body):
     model: str | None = None
     name: str | None = None  # the older field name, still sent by some clients

@@ -55,6 +55,22 @@ def register(app: FastAPI, state: core.ServerState) -> None:
         created = int(listed.modified) if listed is not None else _modified(name)
         return JSONResponse(protocol.model_card(name, created))
 
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        state.check_serving()
+        body = protocol.parse(protocol.EmbeddingRequest, await core.read_json(request))
+        done = await core.embed(state, request, body.model, body.texts(), truncate=False)
+        if done is None:
+            return core.gone()
+        result, served = done
+        vectors = core.shortened(result.vectors, body.dimensions)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _base64(v) if body.encoding_format == "base64" else v}
+            for i, v in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+        return JSONResponse({"object": "list", "data": data, "model": served, "usage": usage})
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await _complete(state, request, chat=True)
@@ -195,6 +211,14 @@ class _Runs:
         self.stopped = True
         if self.current is not None:
             self.current.pump.stop()
+
+
+def _base64(vector: list[float]) -> str:
+    """An embedding as OpenAI's `encoding_format: base64` gives it: little-endian float32s, base64-encoded."""
+    import base64
+    import struct
+
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def _seeded(options: dict[str, Any], i: int) -> dict[str, Any]:

@@ -278,6 +278,23 @@ class CompletionRequest(_Sampling):
         return items
 
 
+class EmbeddingRequest(_Body):
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    def texts(self) -> list[Any]:
+        """Each input: a string or a list of token ids (one list of ids is one input, as OpenAI reads it)."""
+        value = self.input
+        if isinstance(value, str) or (value and isinstance(value[0], int)):
+            return [value]
+        if not value:
+            raise APIError(400, "input must not be empty", param="input")
+        return list(value)
+
+
 def parse(cls: type[_Body], data: Any) -> Any:
     """`data` (decoded JSON) as a `cls`, or a 400 that names the first offending field."""
     if not isinstance(data, dict):
