@@ -366,6 +366,13 @@ def test_health_reports_ok_and_counts(http):
         "models": None,
     }
     assert {"name": "smollm2:135m", "state": "ready", "running": 0, "queued": 0} in body["models"]
+    # every response names its request, as OpenAI's do; a client's own id is kept
+    assert (
+        r.headers["x-request-id"].startswith("req_")
+        and r.headers["x-request-id"] != http.get("/health").headers["x-request-id"]
+    )
+    assert http.get("/health", headers={"X-Request-Id": "mine-42"}).headers["x-request-id"] == "mine-42"
+    assert http.get("/v1/nowhere").headers["x-request-id"].startswith("req_")  # errors too
 
 
 def test_until_the_default_model_is_loaded_health_is_503_loading():

@@ -54,6 +54,9 @@ def test_every_api_route_needs_the_key(guarded, method, path):
     assert r.status_code in (200, 404), r.text  # the right key gets through (404: the unknown route)
     if path == "/v1/completions":  # a key given without the "Bearer" scheme is not accepted either
         assert call(guarded, method, path, key=None, Authorization=KEY).status_code == 401
+        # Azure OpenAI's header, as AzureOpenAI clients send the key
+        assert call(guarded, method, path, key=None, **{"api-key": KEY}).status_code == 200
+        assert call(guarded, method, path, key=None, **{"api-key": "wrong-key-0000"}).status_code == 401
 
 
 def test_health_and_the_static_page_need_no_key(guarded):

@@ -160,11 +160,13 @@ class RequestLog:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
+        request_id = _request_id(scope)
 
         async def watched(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
             await send(message)
 
         try:
@@ -176,9 +178,21 @@ class RequestLog:
             self.metrics.requests.labels(path, model, str(status)).inc()
             if self.verbose:
                 fields = {"method": scope["method"], "route": path, "status": status, "model": model}
+                fields["request_id"] = request_id.decode()
                 fields |= scope.get("aipc.stats", {})
                 fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
                 log.info("request", extra={"fields": fields})
+
+
+def _request_id(scope: dict) -> bytes:
+    """The client's X-Request-Id when it sent a short printable one (as vLLM keeps it), else a new one; every
+    response carries it (the `openai` client reads it as `_request_id`) and the request's log line names it."""
+    import secrets
+
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"x-request-id" and 0 < len(value) <= 128 and all(33 <= c < 127 for c in value):
+            return value
+    return b"req_" + secrets.token_hex(12).encode()
 
 
 class LogFormatter(logging.Formatter):

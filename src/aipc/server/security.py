@@ -27,7 +27,7 @@ from aipc.server.errors import APIError, send_error
 
 PUBLIC_PATHS = frozenset({"/health", "/"})  # no secrets: a status word, and a static page that asks for the key
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-CORS_HEADERS = "authorization, content-type"
+CORS_HEADERS = "authorization, api-key, content-type"
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
@@ -107,7 +107,7 @@ class Guard:
             if cors and scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
                 return await _preflight(send, origin)
             if self.api_key is not None and scope["path"] not in PUBLIC_PATHS:
-                self._check_key(headers.get(b"authorization", b""))
+                self._check_key(headers.get(b"authorization", b""), headers.get(b"api-key", b""))
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 raise BodyTooLarge(self.max_body_bytes)
@@ -149,8 +149,11 @@ class Guard:
             code="origin_not_allowed",
         )
 
-    def _check_key(self, authorization: bytes) -> None:
+    def _check_key(self, authorization: bytes, api_key: bytes = b"") -> None:
+        """`Authorization: Bearer KEY`, or Azure OpenAI's `api-key: KEY` (what AzureOpenAI clients send)."""
         scheme, _, key = authorization.partition(b" ")
+        if not authorization and api_key.strip():
+            scheme, key = b"bearer", api_key
         if scheme.lower() != b"bearer" or not key.strip():
             raise _auth_error("missing API key: send it as 'Authorization: Bearer KEY'")
         if not hmac.compare_digest(key.strip(), self.api_key or b""):
