@@ -106,6 +106,12 @@ def test_a_streamed_named_call_comes_as_openai_streams_it(client):
         assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
             "tool_calls"
         ]
+    # the SDK's stream helper accumulates it as OpenAI's: calls, and content None (not "")
+    with client.chat.completions.stream(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=NAMED, temperature=0
+    ) as stream:
+        final = stream.get_final_completion().choices[0].message
+    assert final.content is None and final.tool_calls[0].function.name == "get_weather"
 
 
 def test_required_calls_one_of_the_tools_with_valid_arguments(client):

@@ -386,7 +386,8 @@ class _Shape:
                 continue
             prepared = run.prepared
             if self.chat:
-                role = {"role": "assistant", "content": ""}
+                # with tools, null, as OpenAI opens a reply that may be calls alone (clients then keep content None)
+                role = {"role": "assistant", "content": None if prepared.chat is not None else ""}
                 yield self._event(
                     {"choices": [{"index": index, "delta": role, "logprobs": None, "finish_reason": None}]} | usage
                 )
