@@ -20,6 +20,7 @@ from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.defaults import OPTIONS, SamplingDefaults
 from aipc.engine.embeddings import EmbedderCache
 from aipc.engine.events import Done, Event, Finished, TextDelta, Usage, compute_timings
+from aipc.engine.stops import StopMatcher, tokens_to_stop
 from aipc.errors import (
     AipcError,
     ContextLengthError,
@@ -315,7 +316,7 @@ class Model:
         """The engine's events for a runtime's items: stop strings applied, log-probs attached, then `Done`."""
         first: float | None = None
         finished: Finished | None = None
-        stopper = _StopMatcher(config.stop) if config.stop else None
+        stopper = StopMatcher(config.stop) if config.stop else None
         stopped = False
         if config.logprobs is not None and not getattr(backend, "reports_logprobs", False):
             from aipc.engine.logprobs import scored_after
@@ -365,7 +366,7 @@ class Model:
             yield TextDelta(rest, finished.t, pending)
         reason = "stop" if stopped else finished.finish_reason
         if stopped and finished.token_ids:  # tokens the runtime made after the stop string are not the answer's
-            kept = _tokens_to_stop(finished.token_ids, backend.detokenize, config.stop)
+            kept = tokens_to_stop(finished.token_ids, backend.detokenize, config.stop)
             finished = dataclasses.replace(finished, completion_tokens=kept, token_ids=finished.token_ids[:kept])
         info = backend.info
         yield Done(
@@ -507,49 +508,6 @@ class Model:
     def __repr__(self) -> str:
         i = self.info
         return f"<aipc.Model {i.name} on {i.backend}/{i.device}>"
-
-
-class _StopMatcher:
-    """Finds stop strings across delta boundaries, holding back text that may start one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = tuple(stops)
-        self._buf = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        self._buf += text
-        hits = [i for i in (self._buf.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            out, self._buf = self._buf[: min(hits)], ""
-            return out, True
-        keep = 0
-        for s in self._stops:
-            for n in range(min(len(s) - 1, len(self._buf)), 0, -1):
-                if self._buf.endswith(s[:n]):
-                    keep = max(keep, n)
-                    break
-        out = self._buf[: len(self._buf) - keep]
-        self._buf = self._buf[len(self._buf) - keep :]
-        return out, False
-
-    def flush(self) -> str:
-        out, self._buf = self._buf, ""
-        return out
-
-
-def _tokens_to_stop(ids: Sequence[int], detokenize: Callable[[Sequence[int]], str], stops: Sequence[str]) -> int:
-    """How many of `ids` it takes for their text to hold a stop string (all of them where it never does):
-    a binary search, the text growing with the tokens."""
-    low, high = 1, len(ids)
-    if not any(s in detokenize(ids) for s in stops):
-        return len(ids)
-    while low < high:
-        middle = (low + high) // 2
-        if any(s in detokenize(ids[:middle]) for s in stops):
-            high = middle
-        else:
-            low = middle + 1
-    return low
 
 
 def _join(events: Iterator[Event]) -> str:
