@@ -356,6 +356,13 @@ def test_logit_bias_on_a_backend_without_it_is_refused_by_name(http, model):
         return
     assert r.status_code == 400, r.text
     assert f"logit_bias is not supported by the {model.info.backend} backend" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "logit_bias"
+
+
+def test_logit_bias_past_the_vocabulary_is_refused(http):
+    r = http.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 2, "logit_bias": {"999999": 5}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias", r.text
+    assert "999999 is not in this model's vocabulary" in r.json()["error"]["message"]
 
 
 def test_ollama_penalty_options_are_honoured(http, model):
@@ -366,5 +373,8 @@ def test_ollama_penalty_options_are_honoured(http, model):
     assert pen.status_code == 200, pen.text
     text, before = pen.json()["response"], plain["response"]
     assert text != before and _most_repeated(model, text) <= _most_repeated(model, before)
-    bad = http.post("/api/generate", json=body | {"options": {"presence_penalty": 5}})
-    assert bad.status_code == 400 and "presence_penalty" in bad.json()["error"]
+    # past OpenAI's range, taken at its end, as Ollama's sliders send such values
+    over = http.post(
+        "/api/generate", json=body | {"options": options | {"presence_penalty": 5, "frequency_penalty": 9}}
+    )
+    assert over.status_code == 200 and over.json()["response"] == text

@@ -136,6 +136,13 @@ def test_histories_with_calls_and_results_are_checked_and_normalised():
     # a result that names no call (Ollama's clients, trimmed histories) is passed on as it is, with its name
     loose = tools.validate_messages([HISTORY[0], {"role": "tool", "name": "get_weather", "content": "18C"}])
     assert loose[1] == {"role": "tool", "content": "18C", "name": "get_weather"}
+    # a participant's name goes on to the template (multi-agent chats), as vLLM passes it
+    named = tools.validate_messages([{"role": "user", "content": "hi", "name": "Alice"}])
+    assert named == [{"role": "user", "content": "hi", "name": "Alice"}]
+    from aipc.engine import template
+
+    shown = template.render("{% for m in messages %}{{ m.name }}: {{ m.content }}\n{% endfor %}", named)
+    assert shown == "Alice: hi\n"
     # MCP-style names and a tool without "type", as Ollama accepts them
     mcp = tools.parse_request([{"function": {"name": "files.read_text:v2", "parameters": {"type": "object"}}}])
     assert mcp.tools[0].name == "files.read_text:v2"

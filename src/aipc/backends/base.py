@@ -211,16 +211,16 @@ def refuse_unsupported(config: GenerationConfig, backend: str) -> None:
 
 def refuse_options(config: GenerationConfig, backend: str, *, penalties: bool, logit_bias: bool) -> None:
     """Sampling options a runtime has no way to apply are refused by name, with the backends that have them."""
-    from aipc.errors import UsageError
+    from aipc.errors import InvalidConfigError
 
     if not penalties:
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(config, name):
-                raise UsageError(
+                raise InvalidConfigError(
                     f"{name} is not supported by the {backend} backend: use llamacpp, onnxruntime or openvino"
                 )
     if not logit_bias and config.logit_bias:
-        raise UsageError(f"logit_bias is not supported by the {backend} backend: use llamacpp or onnxruntime")
+        raise InvalidConfigError(f"logit_bias is not supported by the {backend} backend: use llamacpp or onnxruntime")
 
 
 def fit_to_context(n_prompt: int, context: int, max_tokens: int) -> int:

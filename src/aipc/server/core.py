@@ -204,10 +204,16 @@ class Prepared:
 def _config(entry: Entry, options: dict[str, Any], param_of: Callable[[str], str]) -> Any:
     """`GenerationConfig` for `options`, or a 400 naming the request field (through `param_of`)."""
     try:
-        return entry.model.defaults.updated(**options)
+        config = entry.model.defaults.updated(**options)
     except InvalidConfigError as exc:
         name = str(exc).split(" ", 1)[0]
         raise to_api_error(exc, param=param_of(name)) from None
+    if config.logit_bias:  # an id past the vocabulary would be ignored by one runtime and crash another
+        try:
+            entry.model.check_ids([token for token, _ in config.logit_bias])
+        except AipcError as exc:
+            raise APIError(400, f"logit_bias: {exc}", param=param_of("logit_bias"), code="invalid_value") from None
+    return config
 
 
 def chat_prompt(

@@ -191,6 +191,8 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         if content is not None and not isinstance(content, str):
             raise UsageError(f"{where}.content must be a string")
         message: dict[str, Any] = {"role": role, "content": content or ""}
+        if role != "tool" and isinstance(m.get("name"), str) and m["name"]:
+            message["name"] = m["name"]  # a participant's name, for templates that write it (most do not)
         if role == "assistant":
             open_calls = {}
             if calls:

@@ -226,6 +226,8 @@ class ChatRequest(_Sampling):
             }
             if calls:
                 message["tool_calls"] = m.tool_calls
+            if m.name and m.role != "tool":
+                message["name"] = m.name
             if m.tool_call_id is not None or m.role == "tool":  # OpenAI requires the id a result answers
                 message["tool_call_id"] = m.tool_call_id or ""
             out.append(message)
