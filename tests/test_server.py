@@ -125,6 +125,8 @@ def test_what_clients_send_back_as_openai_defines_it_is_taken(client, http):
         for _ in range(2)
     ]
     assert seeded[0].choices[0].message.content == seeded[1].choices[0].message.content
+    two = client.chat.completions.create(model="smollm2:135m", messages=ask, max_tokens=4, n=2, seed=-1)
+    assert len(two.choices) == 2  # choice 1's seed (seed + 1) wraps past the largest
     assert http.get("/v1/models/").json()["object"] == "list"  # with a trailing slash
     # more than OpenAI's 4 stop strings, as lm-eval's code tasks send
     stops = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "<|endoftext|>"]

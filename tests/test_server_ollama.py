@@ -345,6 +345,12 @@ def test_create_from_a_model_with_a_system_prompt_and_parameters(client, http):
     )
     assert reply.message.content == base.message.content
     assert {m.model: m.context_length for m in client.ps().models}["smol-terse"] == 2048  # its num_ctx
+    unlimited = client.chat(model="smol-terse", messages=PARIS, options={"num_predict": -1})
+    assert unlimited.eval_count > 6  # -1: no limit, the model's own num_predict included
+    # created again while loaded: the earlier version is unloaded, not served on
+    client.create(model="smol-terse", from_=MODEL, system="Answer in French.", parameters={"num_predict": -1})
+    assert "smol-terse" not in [m.model for m in client.ps().models]
+    assert "num_predict" not in _parameters(client.show("smol-terse").parameters)  # Ollama's -1: no limit
     streamed = [
         json.loads(line)
         for line in http.post("/api/create", json={"model": "smol-terse", "from": MODEL}).text.splitlines()
@@ -369,10 +375,16 @@ def test_create_from_a_model_with_a_system_prompt_and_parameters(client, http):
         ({"model": "../x", "from": MODEL}, 400, "invalid model name"),
         ({"model": "x1", "from": "/etc/passwd"}, 400, "--allow-paths"),
         ({"model": "x1", "from": "smol-legacy", "modelfile": "FROM x1"}, 400, "FROM itself"),
+        # a Modelfile's FROM path is refused before the file system is looked at: no "no such file" for /nope
+        ({"model": "x1", "modelfile": "FROM /etc/passwd"}, 400, "does not open model files"),
+        ({"model": "x1", "modelfile": "FROM /nope/nothing"}, 400, "does not open model files"),
+        ({"model": "x1", "modelfile": "FROM ~/.bashrc"}, 400, "does not open model files"),
+        ({"model": "x1", "from": MODEL, "parameters": {"temperature": -1}}, 400, "parameters.temperature"),
     ]
     for body, status, fragment in bad:
         r = http.post("/api/create", json={**body, "stream": False})
         assert r.status_code == status and fragment in r.json()["error"], (body, r.status_code, r.text)
+        assert "no such file" not in r.json()["error"] and "/root" not in r.json()["error"]
     assert not store.find("x1")
     for name in ("smol-terse", "smol-legacy"):
         client.generate(model=name, keep_alive=0)

@@ -143,6 +143,18 @@ def test_histories_with_calls_and_results_are_checked_and_normalised():
 
     shown = template.render("{% for m in messages %}{{ m.name }}: {{ m.content }}\n{% endfor %}", named)
     assert shown == "Alice: hi\n"
+    # pydantic's $defs inside a tool's parameters: inlined, since the call schema nests them under "arguments"
+    nested = {
+        "type": "object",
+        "properties": {"guest": {"$ref": "#/$defs/Guest"}, "nights": {"type": "integer", "minimum": 1}},
+        "$defs": {"Guest": {"type": "object", "properties": {"name": {"type": "string", "format": "email"}}}},
+    }
+    call = tools.call_schema(tools.parse_request([{"function": {"name": "book", "parameters": nested}}]).tools)
+    arguments = call["properties"]["arguments"]
+    assert arguments["properties"]["guest"] == {"type": "object", "properties": {"name": {"type": "string"}}}
+    assert "$defs" not in arguments and arguments["properties"]["nights"] == {"type": "integer"}
+    with pytest.raises(UsageError):
+        tools.parse_request([{"function": {"name": "get_weather\n"}}])  # a name ends where it ends
     # MCP-style names and a tool without "type", as Ollama accepts them
     mcp = tools.parse_request([{"function": {"name": "files.read_text:v2", "parameters": {"type": "object"}}}])
     assert mcp.tools[0].name == "files.read_text:v2"

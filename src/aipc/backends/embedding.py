@@ -37,22 +37,23 @@ def unit(vector: np.ndarray) -> list[float]:
 
 
 class OpenVINOEmbedder:
-    """The IR's stateful model compiled with one more output: the input of the language-model head's MatMul
-    (the normed hidden state), for every position. fp32 math, state reset per text, as the scorer runs it."""
+    """The IR's stateful model cut before the language-model head: its one output is the head MatMul's input
+    (the normed hidden state) at every position, so no logits are computed. fp32 math, state reset per text,
+    as the scorer runs it."""
 
     def __init__(self, ir: Path, runtime_device: str) -> None:
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(ir / "openvino_model.xml"))
-        model.add_outputs([_head_input(model)])
+        full = core.read_model(str(ir / "openvino_model.xml"))
+        model = ov.Model([_head_input(full)], full.get_sinks(), full.get_parameters(), "aipc-embedder")
         props = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         try:
             compiled = core.compile_model(model, runtime_device, props)
         except RuntimeError as exc:
             raise UsageError(f"OpenVINO could not compile {ir.name} for embeddings: {_last_line(exc)}") from None
         self._names = {i.get_any_name() for i in compiled.inputs}
-        self._hidden = compiled.outputs[-1]
+        self._hidden = compiled.outputs[0]
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
 
@@ -104,7 +105,7 @@ class LlamaCppEmbedder:
                     str(path),
                     n_ctx=size,
                     n_batch=size,
-                    n_ubatch=size,
+                    n_ubatch=min(size, 512),  # compute buffers for 512 positions at a time, not the whole context
                     n_threads=os.cpu_count(),
                     n_gpu_layers=gpu_layers,
                     embedding=True,
@@ -140,10 +141,11 @@ class LlamaCppEmbedder:
 
 
 class TorchEmbedder:
-    """One forward pass with hidden states: the last one (after the final norm), averaged over positions."""
+    """One forward pass of the model's decoder without its head and without a KV cache: the last hidden state
+    (after the final norm), averaged over positions."""
 
     def __init__(self, model: Any, device: str) -> None:
-        self._model = model
+        self._decoder = model.get_decoder()
         self._device = device
 
     def embed(self, token_ids: Sequence[int]) -> np.ndarray:
@@ -151,8 +153,8 @@ class TorchEmbedder:
 
         ids = torch.tensor([list(token_ids)], device=self._device)
         with torch.inference_mode():
-            out = self._model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
-        return out.hidden_states[-1][0].float().mean(dim=0).cpu().numpy()
+            out = self._decoder(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        return out.last_hidden_state[0].float().mean(dim=0).cpu().numpy()
 
 
 def _last_line(exc: BaseException) -> str:

@@ -10,10 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aipc.errors import ContextLengthError, UsageError
+from aipc.errors import AipcError, ContextLengthError, UsageError
 
 # An embedding context needs no room for an answer; llama.cpp's is sized to the model's context, at most this.
 MAX_EMBED_TOKENS = 8192
+
+
+class CancelledError(AipcError):
+    """The embedding's client left."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class EmbedderCache:
         return embedder
 
     def close(self) -> None:
+        with self.lock:  # after the text being embedded, if any
+            self._close()
+
+    def _close(self) -> None:
         for embedder in self._open.values():
             close = getattr(embedder, "close", None)
             if close is not None:
@@ -59,8 +67,10 @@ def embed(
     context: int | None,
     truncate: bool,
     check_ids: Any,
+    cancel: threading.Event | None = None,
 ) -> Embeddings:
-    """`texts`: strings, or token ids (checked by `check_ids` against the vocabulary)."""
+    """`texts`: strings, or token ids (checked by `check_ids` against the vocabulary); `cancel` stops between
+    texts (a client that left)."""
     from aipc.backends.embedding import unit
 
     if isinstance(texts, str) or not isinstance(texts, Sequence):
@@ -70,6 +80,8 @@ def embed(
         limit = min(context or MAX_EMBED_TOKENS, getattr(embedder, "limit", MAX_EMBED_TOKENS), MAX_EMBED_TOKENS)
         vectors, total, cut = [], 0, 0
         for i, text in enumerate(texts):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("the embedding was cancelled")
             if isinstance(text, str):
                 ids = backend.tokenize(text) if text else []
             elif isinstance(text, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in text):

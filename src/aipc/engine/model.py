@@ -437,14 +437,17 @@ class Model:
                 scorer = self._scorers[id(backend)] = self._scorer_of(backend, "log-probabilities")
             return scorer.next_token_logprobs(ids)
 
-    def embed(self, texts: Sequence[str | Sequence[int]], *, truncate: bool = True) -> Any:
+    def embed(
+        self, texts: Sequence[str | Sequence[int]], *, truncate: bool = True, cancel: threading.Event | None = None
+    ) -> Any:
         """Unit-length embeddings of `texts` (or token ids) (`aipc.engine.embeddings.Embeddings`: vectors, tokens):
         the mean of the model's last hidden state, as Ollama computes them for a generative model. A text over
         the context is cut to it, or refused with `truncate=False`."""
         from aipc.engine.embeddings import embed
 
-        context = self.context_length or self.info.context_length
-        return embed(self._backend, self._embedders, texts, context, truncate, self.check_ids)
+        limits = [n for n in (self.context_length, self.info.context_length) if n]
+        context = min(limits) if limits else None
+        return embed(self._backend, self._embedders, texts, context, truncate, self.check_ids, cancel)
 
     def prompt_logprobs(self, ids: Sequence[int], top: int = 0) -> list[Any]:
         """Each prompt token's `TokenLogprob` given the tokens before it (the first: None, nothing predicts it),

@@ -65,6 +65,38 @@ def loosened(node: Any) -> Any:
     return out
 
 
+MAX_INLINE = 4  # levels of $ref followed when inlining; a deeper (recursive) reference allows any value
+
+
+def inlined(schema: Any) -> Any:
+    """`schema` with its local references (`#/$defs/X`, `#/definitions/X`) replaced by what they name, and the
+    definitions dropped: for a schema nested inside another (a tool's parameters inside its call), where a
+    reference from the outer root would name nothing."""
+    if not isinstance(schema, dict):
+        return schema
+    defs = {**_mapping(schema.get("definitions")), **_mapping(schema.get("$defs"))}
+
+    def walk(node: Any, depth: int) -> Any:
+        if isinstance(node, list):
+            return [walk(item, depth) for item in node]
+        if not isinstance(node, dict):
+            return node
+        rest = {k: walk(v, depth) for k, v in node.items() if k not in ("$ref", "$defs", "definitions")}
+        ref = node.get("$ref")
+        if not isinstance(ref, str):
+            return rest
+        name = ref.rsplit("/", 1)[-1] if ref.startswith(("#/$defs/", "#/definitions/")) else None
+        if name in defs and depth < MAX_INLINE:
+            return {**walk(defs[name], depth + 1), **rest}
+        return rest
+
+    return walk(schema, 0)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def check(schema: Any, where: str = "json_schema") -> None:
     """Refuse a schema that uses a keyword outside the supported subset, naming the keyword and where it is."""
     _walk(schema, where, 0)

@@ -296,6 +296,8 @@ def fit(
     info = entry.model.info
     if within_room and asked is None:
         asked = entry.model.answer_limit
+    if asked is not None and asked < 0:  # asked for no limit
+        asked = None
     limit = info.max_prompt_tokens
     if limit is not None and n_prompt > limit:
         raise APIError(
@@ -496,20 +498,39 @@ MAX_EMBED_INPUTS = 2048  # texts per request, as OpenAI allows
 async def embed(
     state: ServerState, request: Any, name: str | None, texts: list[Any], *, keep_alive: Any = _UNSET, truncate: bool
 ) -> tuple[Any, str] | None:
-    """`texts` embedded by the named model (`Model.embed`, in a worker thread, beside its generations): the
-    `Embeddings` and the served model's name, or None when the client left while it loaded."""
+    """`texts` embedded by the named model (`Model.embed`, in a worker thread): the `Embeddings` and the served
+    model's name, or None when the client left. An embedding takes one of the model's slots, as a generation
+    does (so --parallel and --max-queue bound it); a client that leaves stops it at its next text."""
+    import threading
+
     if len(texts) > MAX_EMBED_INPUTS:
         raise APIError(400, f"input has {len(texts)} items: at most {MAX_EMBED_INPUTS} are allowed", param="input")
     entry = await state.acquire(request, name, keep_alive)
     if entry is None:
         return None
     try:
-        result = await run_in_threadpool(entry.model.embed, texts, truncate=truncate)
+        slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
+    except BaseException:
+        state.pool.release(entry)
+        raise
+    if slot is None:
+        state.pool.release(entry)
+        return None
+    cancel = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(entry.model.embed, texts, truncate=truncate, cancel=cancel))
+    try:
+        result = await or_gone(request, asyncio.shield(work), on_gone=cancel.set)
     except AipcError as exc:
         raise to_api_error(exc, param="input") from None
     finally:
+        if not work.done():
+            cancel.set()
+            await asyncio.wait([work])  # the thread lets go of the model before its slot is given back
+        if work.done() and not work.cancelled():
+            work.exception()  # retrieved: a client that left has no answer to take it
+        slot.release()
         state.pool.release(entry)
-    return result, entry.name
+    return None if result is None else (result, entry.name)
 
 
 def shortened(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:

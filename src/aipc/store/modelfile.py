@@ -66,13 +66,14 @@ def parse_file(path: Path) -> Modelfile:
     return parse(text, base_dir=path.parent)
 
 
-def parse(text: str, base_dir: Path | None = None) -> Modelfile:
-    """Parse Modelfile text; every mistake is one line naming the line number and what is valid."""
+def parse(text: str, base_dir: Path | None = None, *, paths: bool = True) -> Modelfile:
+    """Parse Modelfile text; every mistake is one line naming the line number and what is valid. `paths=False`
+    (a server's request) refuses a FROM path without looking at the file system."""
     mf = Modelfile()
     for number, instruction, value in _commands(text):
         where = f"Modelfile line {number}"
         if instruction == "from":
-            mf.base = base_of(value, base_dir, where)
+            mf.base = base_of(value, base_dir, where, paths=paths)
         elif instruction == "system":
             mf.system = value
         elif instruction == "template":
@@ -132,10 +133,14 @@ def _commands(text: str):
         yield number, instruction, rest
 
 
-def base_of(value: str, base_dir: Path | None, where: str) -> str:
+def base_of(value: str, base_dir: Path | None, where: str, *, paths: bool = True) -> str:
     from aipc.store import resolve
 
     value = value.strip()
+    if not paths and (resolve._looks_like_path(value) or "/" in value or "\\" in value):
+        raise UsageError(
+            f"{where}: FROM {value!r}: this server does not open model files or folders (start it with --allow-paths)"
+        )
     if resolve._looks_like_path(value) or (base_dir is not None and (base_dir / value).exists()):
         path = Path(value).expanduser()
         if not path.is_absolute() and base_dir is not None:
@@ -160,7 +165,7 @@ def apply_parameter(mf: Modelfile, value: str, where: str) -> None:
     kind = PARAMETERS[name][1]
     if kind is str:
         if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            raw = raw[1:-1]
+            raw = _unquoted(raw)
         set_parameter(mf, name, raw, where)
         return
     try:
@@ -170,6 +175,18 @@ def apply_parameter(mf: Modelfile, value: str, where: str) -> None:
             f"{where}: PARAMETER {name} takes {'an integer' if kind is int else 'a number'}, got {raw!r}"
         ) from None
     set_parameter(mf, name, number, where)
+
+
+def _unquoted(raw: str) -> str:
+    """A quoted value, its escapes read as JSON's (`"\\n"` is a newline, as `render` writes one); a value that
+    is not valid JSON (a lone backslash) keeps its text between the quotes."""
+    import json
+
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw[1:-1]
+    return value if isinstance(value, str) else raw[1:-1]
 
 
 def set_parameter(mf: Modelfile, name: str, value: Any, where: str) -> None:
@@ -189,14 +206,21 @@ def set_parameter(mf: Modelfile, name: str, value: Any, where: str) -> None:
     ):
         raise UsageError(f"{where}: {name} takes {'an integer' if kind is int else 'a number'}, got {value!r:.60}")
     number = kind(value)
+    if field_name == "max_tokens" and number < 0:  # Ollama's -1 (no limit) and -2 (fill the context)
+        mf.parameters.pop("max_tokens", None)
+        return
     if field_name == "context_length":
         if number < 2:
             raise UsageError(f"{where}: num_ctx must be at least 2 tokens, got {number}")
         mf.context_length = number
         return
     from aipc.engine.config import GenerationConfig
+    from aipc.errors import InvalidConfigError
 
-    GenerationConfig().updated(**{field_name: number})  # the same validation and message as --temperature etc.
+    try:
+        GenerationConfig().updated(**{field_name: number})  # the same validation as --temperature etc.
+    except InvalidConfigError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     mf.parameters[field_name] = number
 
 
@@ -257,14 +281,16 @@ def check_template(source: str, where: str = "TEMPLATE") -> str:
 
 
 def render(mf: Modelfile) -> str:
-    """The Modelfile text of a created model (for `aipc show --modelfile`)."""
+    """The Modelfile text of a created model (for `aipc show --modelfile`); `parse` reads it back as it was."""
+    import json
+
     out = [f"FROM {mf.base}"]
     if mf.system:
         out.append(f'SYSTEM """{mf.system}"""')
     for key, value in mf.parameters.items():
         name = next(n for n, (f, _) in PARAMETERS.items() if f == key)
         for v in value if isinstance(value, list) else [value]:
-            out.append(f'PARAMETER {name} "{v}"' if isinstance(v, str) else f"PARAMETER {name} {v}")
+            out.append(f"PARAMETER {name} {json.dumps(v)}" if isinstance(v, str) else f"PARAMETER {name} {v}")
     if mf.context_length:
         out.append(f"PARAMETER num_ctx {mf.context_length}")
     if mf.template:

@@ -42,7 +42,7 @@ def call_schema(tools: tuple[Tool, ...]) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "name": {"type": "string", "const": t.name},
-                "arguments": {"type": "object", **json_schema.loosened(t.parameters)},
+                "arguments": {"type": "object", **json_schema.loosened(json_schema.inlined(t.parameters))},
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,

@@ -18,7 +18,7 @@ from typing import Any
 from aipc.errors import UsageError
 
 # OpenAI allows [a-zA-Z0-9_-]{1,64}; MCP servers and Ollama clients also use dots and colons ("files.read").
-NAME_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,128}$")
+NAME_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,128}\Z")
 MAX_TOOLS = 128  # OpenAI's limit
 CHOICES = ("none", "auto", "required")
 ROLES = ("system", "user", "assistant", "tool")

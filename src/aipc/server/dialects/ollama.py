@@ -197,7 +197,8 @@ def _no_images(param: str) -> APIError:
 
 
 def _options(body: Any) -> tuple[dict[str, Any], int | None, int | None]:
-    """GenerationConfig options, the num_predict asked for (None: until the context is full), and num_ctx."""
+    """GenerationConfig options, the num_predict asked for (None: the model's own limit, else until the context
+    is full; -1: no limit), and num_ctx."""
     o = body.options or protocol.Options()
     for name, off in protocol.NEUTRAL.items():
         value = getattr(o, name)
@@ -225,7 +226,7 @@ def _options(body: Any) -> tuple[dict[str, Any], int | None, int | None]:
         options["json_schema"] = json.dumps(body.format)
     elif body.format == "json":
         options["json_schema"] = '{"type": "object"}'
-    asked = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
+    asked = None if o.num_predict is None else max(o.num_predict, -1)  # -1: no limit, even a model's own
     return {k: v for k, v in options.items() if v is not None}, asked, o.num_ctx
 
 

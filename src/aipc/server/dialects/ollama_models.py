@@ -74,8 +74,9 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     async def create(request: Request) -> Response:
         _check_writable(state)
         body = protocol.parse(protocol.CreateRequest, await core.read_json(request))
-        mf = _modelfile(state, body)
+        mf = await run_in_threadpool(_modelfile, state, body)  # templates compile and render: off the loop
         name = await run_in_threadpool(library.create, body.model_name, mf)
+        await state.pool.stop(name)  # a loaded earlier version of it is not served again: the next request loads
         if not body.stream:
             return JSONResponse({"status": "success"})
         steps = [f"using existing model {mf.base}", f"creating model {name}", "writing manifest", "success"]
@@ -191,6 +192,9 @@ def _running(e: Any, listed: library.Runnable | None) -> dict[str, Any]:
 
 
 # --- create ---
+_CREATE_FIELDS = ("system", "template", "license", "parameters", "messages", "modelfile")
+
+
 def _modelfile(state: core.ServerState, body: protocol.CreateRequest) -> Any:
     """The Modelfile an /api/create body describes, its base a name this server may open."""
     from aipc.store.modelfile import from_fields, parse
@@ -204,7 +208,7 @@ def _modelfile(state: core.ServerState, body: protocol.CreateRequest) -> Any:
         raise APIError(400, message, param="quantize")
     try:
         if body.modelfile:
-            mf = parse(body.modelfile)
+            mf = parse(body.modelfile, paths=state.settings.allow_paths)
         elif body.from_:
             mf = from_fields(
                 state.check_name(body.from_),
@@ -218,7 +222,8 @@ def _modelfile(state: core.ServerState, body: protocol.CreateRequest) -> Any:
         else:
             raise APIError(400, "from is required: the name of the model to create this one from", param="from")
     except AipcError as exc:
-        raise to_api_error(exc, param="from") from None
+        field = str(exc).split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
+        raise to_api_error(exc, param=field if field in _CREATE_FIELDS else "from") from None
     mf.base = state.check_name(mf.base)  # a path only on a server started with --allow-paths
     return mf
 

@@ -224,7 +224,7 @@ def _base64(vector: list[float]) -> str:
 def _seeded(options: dict[str, Any], i: int) -> dict[str, Any]:
     """Choice `i`'s options: with a seed, each choice gets its own (seed + i), so n choices differ."""
     if i and options.get("seed") is not None:
-        return options | {"seed": options["seed"] + i}
+        return options | {"seed": (options["seed"] + i) & (2**63 - 1)}  # past the largest seed: from 0 again
     return options
 
 

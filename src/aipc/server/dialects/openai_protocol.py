@@ -179,8 +179,8 @@ class ChatRequest(_Sampling):
     # a reasoning model thinks or says (this model does not think), a predicted output (a speed hint).
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
-    verbosity: Literal["low", "medium", "high"] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
     prediction: dict[str, Any] | None = None
     modalities: list[Literal["text", "audio"]] | None = None
     audio: dict[str, Any] | None = None
