@@ -351,12 +351,6 @@ class OpenVINOModel:
                 gc.top_k = cfg.top_k
             # OpenVINO's own default seed is 0, which would draw the same answer for every unseeded request.
             gc.rng_seed = _seed32(cfg.seed) if cfg.seed is not None else secrets.randbits(32)
-        if cfg.stop and not cfg.ignore_eos:
-            # The runtime stops right after the token that completes a stop string (no tokens past it, which
-            # log-probs and `n` choices would otherwise generate before aipc's matcher sees the text); the text
-            # is kept, for the engine's matcher to cut as on every backend.
-            gc.stop_strings = set(cfg.stop)
-            gc.include_stop_str_in_output = True
         if cfg.json_schema is not None:
             gc.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=cfg.json_schema)
         return gc
@@ -421,6 +415,11 @@ class OpenVINOModel:
         n_prompt = len(prompt)
         gc = self._fitted(n_prompt, config)
         gc.num_return_sequences = n
+        if config.stop and not config.ignore_eos:
+            # Each sequence ends at the token that completes a stop string (aipc's matcher sees the answers only
+            # once all have ended); the ids keep that token, and the engine cuts their text as on every backend.
+            gc.stop_strings = set(config.stop)
+            gc.include_stop_str_in_output = True
         began = _now()
         try:
             with self._weights.settling():
