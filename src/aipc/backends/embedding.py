@@ -60,20 +60,11 @@ class OpenVINOEmbedder:
     def embed(self, token_ids: Sequence[int]) -> np.ndarray:
         import numpy as np
 
-        ids = np.asarray([list(token_ids)], dtype=np.int64)
-        n = ids.shape[1]
-        inputs = {
-            "input_ids": ids,
-            "attention_mask": np.ones_like(ids),
-            "position_ids": np.arange(n, dtype=np.int64)[None, :],
-            "beam_idx": np.zeros(1, dtype=np.int32),
-        }
+        from aipc.backends.openvino import run_stateful
+
+        n = len(token_ids)
         with self._lock:
-            self._request.reset_state()
-            try:
-                self._request.infer({k: v for k, v in inputs.items() if k in self._names})
-            except RuntimeError as exc:
-                raise GenerationError(f"OpenVINO could not embed the text: {_last_line(exc)}") from None
+            run_stateful(self._request, token_ids, self._names, "embed the text")
             hidden = np.array(self._request.get_tensor(self._hidden).data, dtype=np.float32)
         return hidden.reshape(-1, hidden.shape[-1])[-n:].mean(axis=0)
 

@@ -499,27 +499,35 @@ class OpenVINOScorer:
         self._request = compiled.create_infer_request()
 
     def next_token_logprobs(self, token_ids) -> np.ndarray:
-        import numpy as np
 
         from aipc.backends.scoring import check_ids, log_softmax
 
-        ids = np.asarray([check_ids(token_ids)], dtype=np.int64)
-        n = ids.shape[1]
-        inputs = {
-            "input_ids": ids,
-            "attention_mask": np.ones_like(ids),
-            "position_ids": np.arange(n, dtype=np.int64)[None, :],
-            "beam_idx": np.zeros(1, dtype=np.int32),
-        }
-        self._request.reset_state()
-        try:
-            self._request.infer({k: v for k, v in inputs.items() if k in self._names})
-        except RuntimeError as exc:
-            raise GenerationError(f"OpenVINO could not score the sequence: {_last_line(exc)}") from None
+        ids = check_ids(token_ids)
+        n = len(ids)
+        run_stateful(self._request, ids, self._names, "score the sequence")
         logits = self._request.get_tensor("logits").data
         if logits.shape[1] != n:
             raise GenerationError(f"OpenVINO returned logits for {logits.shape[1]} of {n} positions")
         return log_softmax(logits[0])
+
+
+def run_stateful(request, ids: Sequence[int], names: set[str], doing: str) -> None:
+    """One sequence through a stateful IR's infer request, from an empty KV-cache state (the scorer's and the
+    embedder's pass: every position at once)."""
+    import numpy as np
+
+    array = np.asarray([list(ids)], dtype=np.int64)
+    inputs = {
+        "input_ids": array,
+        "attention_mask": np.ones_like(array),
+        "position_ids": np.arange(array.shape[1], dtype=np.int64)[None, :],
+        "beam_idx": np.zeros(1, dtype=np.int32),
+    }
+    request.reset_state()
+    try:
+        request.infer({k: v for k, v in inputs.items() if k in names})
+    except RuntimeError as exc:
+        raise GenerationError(f"OpenVINO could not {doing}: {_last_line(exc)}") from None
 
 
 def _cut_stop(text: str, stops: Sequence[str]) -> str:

@@ -464,12 +464,8 @@ async def generate_choices(
     return prepared, choices
 
 
-async def _pumped(state: ServerState, request: Any, entry: Entry, start: Callable[[], Any]) -> EventPump | None:
-    """Wait for one of `entry`'s slots, then run `start()`'s events in a thread; the slot and `entry` are given
-    back once that thread has let go of the runtime. None (and `entry` released) when the client left while
-    queued: its request never runs."""
-    stats = request.scope.setdefault("aipc.stats", {})
-    waited = time.perf_counter()
+async def _slot(state: ServerState, request: Any, entry: Entry) -> Any:
+    """One of `entry`'s slots, once free; None (and `entry` released) when the client left while queued."""
     try:
         slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
     except BaseException:
@@ -477,6 +473,17 @@ async def _pumped(state: ServerState, request: Any, entry: Entry, start: Callabl
         raise
     if slot is None:
         state.pool.release(entry)
+    return slot
+
+
+async def _pumped(state: ServerState, request: Any, entry: Entry, start: Callable[[], Any]) -> EventPump | None:
+    """Wait for one of `entry`'s slots, then run `start()`'s events in a thread; the slot and `entry` are given
+    back once that thread has let go of the runtime. None (and `entry` released) when the client left while
+    queued: its request never runs."""
+    stats = request.scope.setdefault("aipc.stats", {})
+    waited = time.perf_counter()
+    slot = await _slot(state, request, entry)
+    if slot is None:
         return None
     stats["queue_ms"] = round((time.perf_counter() - waited) * 1000, 1)
     pump: EventPump | None = None
@@ -508,13 +515,8 @@ async def embed(
     entry = await state.acquire(request, name, keep_alive)
     if entry is None:
         return None
-    try:
-        slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
-    except BaseException:
-        state.pool.release(entry)
-        raise
+    slot = await _slot(state, request, entry)
     if slot is None:
-        state.pool.release(entry)
         return None
     cancel = threading.Event()
     work = asyncio.ensure_future(run_in_threadpool(entry.model.embed, texts, truncate=truncate, cancel=cancel))
