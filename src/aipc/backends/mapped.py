@@ -4,8 +4,12 @@ OpenVINO maps an IR's `.bin` file into the process and compiles from it; on its 
 repacks every compressed matmul's weights into its own layout and never reads the mapped ones again. The mapped
 pages still count in the process's resident set, so the weights are resident twice at the end of that first
 inference (the real-scale Phi-3-mini: 1.8 GB mapped + 1.8 GB repacked). The pages are the file's (a shared,
-read-only mapping holds no data of its own), so telling the kernel they are not needed (`MADV_DONTNEED`) loses
-nothing: a page read again is mapped again from the page cache or the file.
+read-only mapping holds no data of its own), so asking the kernel to reclaim them (`MADV_PAGEOUT`) loses nothing:
+a page read again is mapped again from the page cache or the file. PAGEOUT, not DONTNEED: the regions are read
+from /proc/self/maps while the runtime maps and unmaps memory in other threads, so one may have become another
+mapping by the time of the call, and DONTNEED would zero an anonymous one under the runtime (a full test run met a
+segfault so); PAGEOUT never discards data (anonymous pages with no swap stay as they are). Kernels before 5.4
+refuse it, and the pages then stay.
 
 `MappedWeights.settling()` does that while a pipeline compiles and during its first inference: a thread releases
 the mapped pages every `INTERVAL_S`, so only the ones being read at that moment stay resident, and once more at the
@@ -27,7 +31,7 @@ from pathlib import Path
 log = logging.getLogger("aipc")
 
 INTERVAL_S = 0.02
-_MADV_DONTNEED = 4
+_MADV_PAGEOUT = 21
 _SUPPORTED = sys.platform.startswith("linux") and os.path.exists("/proc/self/maps")
 _madvise = None
 
@@ -65,7 +69,7 @@ def release(prefix: str) -> int:
     madvise = _libc_madvise()
     covered = 0
     for start, end in shared_read_only_regions(prefix):
-        if madvise(start, end - start, _MADV_DONTNEED) == 0:
+        if madvise(start, end - start, _MADV_PAGEOUT) == 0:
             covered += end - start
     return covered
 
