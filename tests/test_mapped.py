@@ -100,17 +100,17 @@ def test_openvino_holds_its_weights_once_after_the_first_inference():
 
 def test_the_release_keeps_the_data_of_memory_that_became_another_mapping():
     """The regions come from /proc/self/maps while the runtime maps and unmaps memory; one may be the runtime's
-    own anonymous memory by the time of the call. The release's advice keeps such memory's data, where
-    MADV_DONTNEED (its first form) zeroed it."""
+    own anonymous memory by the time of the call. The advice used while the runtime runs keeps such memory's
+    data, where MADV_DONTNEED (used then at first) zeroed it."""
     import ctypes
 
     madvise = mapped._libc_madvise()
     regions = {}
-    for advice in (mapped._MADV_PAGEOUT, 4):  # 4: MADV_DONTNEED
+    for advice in (mapped._MADV_PAGEOUT, mapped._MADV_DONTNEED):
         memory = mmap.mmap(-1, SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         memory[:] = bytes(range(256)) * (SIZE // 256)
         address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
         assert madvise(address, SIZE, advice) == 0
         regions[advice] = memory[:PAGE]
     assert regions[mapped._MADV_PAGEOUT] == bytes(range(256)) * (PAGE // 256)  # kept
-    assert regions[4] == bytes(PAGE)  # what the first form did: zeroed
+    assert regions[mapped._MADV_DONTNEED] == bytes(PAGE)  # zeroed

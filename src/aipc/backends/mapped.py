@@ -9,7 +9,10 @@ a page read again is mapped again from the page cache or the file. PAGEOUT, not 
 from /proc/self/maps while the runtime maps and unmaps memory in other threads, so one may have become another
 mapping by the time of the call, and DONTNEED would zero an anonymous one under the runtime (a full test run met a
 segfault so); PAGEOUT never discards data (anonymous pages with no swap stay as they are). Kernels before 5.4
-refuse it, and the pages then stay.
+refuse it. PAGEOUT leaves pages that another mapping also holds (a second pipeline or process on the same
+file), so the pass after the runtime returns, made from the thread that called it, uses DONTNEED, which releases
+them from this process whatever else maps them; the runtime is not mapping memory then (another model generating
+in the same process could be, which leaves a far narrower window than a pass every 20 ms during a compile).
 
 `MappedWeights.settling()` does that while a pipeline compiles and during its first inference: a thread releases
 the mapped pages every `INTERVAL_S`, so only the ones being read at that moment stay resident, and once more at the
@@ -31,6 +34,7 @@ from pathlib import Path
 log = logging.getLogger("aipc")
 
 INTERVAL_S = 0.02
+_MADV_DONTNEED = 4
 _MADV_PAGEOUT = 21
 _SUPPORTED = sys.platform.startswith("linux") and os.path.exists("/proc/self/maps")
 _madvise = None
@@ -62,14 +66,15 @@ def shared_read_only_regions(prefix: str, maps: str = "/proc/self/maps") -> list
     return regions
 
 
-def release(prefix: str) -> int:
-    """Release the resident pages of shared, read-only mappings of files under `prefix`; the bytes covered."""
+def release(prefix: str, advice: int = _MADV_PAGEOUT) -> int:
+    """Release the resident pages of shared, read-only mappings of files under `prefix`; the bytes covered.
+    `_MADV_DONTNEED` only where no other thread maps or unmaps memory meanwhile (see the module's notes)."""
     if not _SUPPORTED:
         return 0
     madvise = _libc_madvise()
     covered = 0
     for start, end in shared_read_only_regions(prefix):
-        if madvise(start, end - start, _MADV_PAGEOUT) == 0:
+        if madvise(start, end - start, advice) == 0:
             covered += end - start
     return covered
 
@@ -104,14 +109,14 @@ class MappedWeights:
             stop.set()
             thread.join()
             self._running = False
-            self._release()
+            self._release(_MADV_DONTNEED)  # the runtime has returned: nothing of it remaps under this pass
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.wait(INTERVAL_S):
             self._release()
 
-    def _release(self) -> None:
+    def _release(self, advice: int = _MADV_PAGEOUT) -> None:
         try:
-            release(self._prefix)
+            release(self._prefix, advice)
         except (OSError, ValueError) as exc:  # an unreadable maps file: the pages stay, nothing else changes
             log.debug("could not release the mapped weights under %s: %s", self._prefix, exc)
