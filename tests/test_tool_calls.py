@@ -70,7 +70,7 @@ def _valid_weather_call(name: str, arguments: str) -> dict:
 
 
 def test_a_named_tool_choice_yields_a_valid_call_for_every_seed(client):
-    for seed in range(20):
+    for seed in range(10):
         reply = client.chat.completions.create(
             model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice=NAMED, temperature=0.7, seed=seed
         )
@@ -83,7 +83,7 @@ def test_a_named_tool_choice_yields_a_valid_call_for_every_seed(client):
 
 
 def test_a_streamed_named_call_comes_as_openai_streams_it(client):
-    for seed in range(20):
+    for seed in range(10):
         chunks = list(
             client.chat.completions.create(
                 model=MODEL,
