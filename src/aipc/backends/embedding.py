@@ -44,6 +44,8 @@ class OpenVINOEmbedder:
     def __init__(self, ir: Path, runtime_device: str) -> None:
         import openvino as ov
 
+        from aipc.backends.openvino_scoring import last_line
+
         core = ov.Core()
         full = core.read_model(str(ir / "openvino_model.xml"))
         model = ov.Model([_head_input(full)], full.get_sinks(), full.get_parameters(), "aipc-embedder")
@@ -51,7 +53,7 @@ class OpenVINOEmbedder:
         try:
             compiled = core.compile_model(model, runtime_device, props)
         except RuntimeError as exc:
-            raise UsageError(f"OpenVINO could not compile {ir.name} for embeddings: {_last_line(exc)}") from None
+            raise UsageError(f"OpenVINO could not compile {ir.name} for embeddings: {last_line(exc)}") from None
         self._names = {i.get_any_name() for i in compiled.inputs}
         self._hidden = compiled.outputs[0]
         self._request = compiled.create_infer_request()
@@ -60,7 +62,7 @@ class OpenVINOEmbedder:
     def embed(self, token_ids: Sequence[int]) -> np.ndarray:
         import numpy as np
 
-        from aipc.backends.openvino import run_stateful
+        from aipc.backends.openvino_scoring import run_stateful
 
         n = len(token_ids)
         with self._lock:
@@ -146,8 +148,3 @@ class TorchEmbedder:
         with torch.inference_mode():
             out = self._decoder(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
         return out.last_hidden_state[0].float().mean(dim=0).cpu().numpy()
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__

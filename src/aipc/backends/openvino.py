@@ -31,6 +31,7 @@ from aipc.backends.base import (
     vocab_special_tokens,
 )
 from aipc.backends.mapped import MappedWeights
+from aipc.backends.openvino_scoring import last_line as _last_line
 from aipc.backends.openvino_speculate import text_streamer
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
@@ -41,7 +42,7 @@ from aipc.store.resolve import ModelSource
 log = logging.getLogger("aipc")
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 EMULATE_NPU_ENV = "AIPC_EMULATE_NPU"
 NPU_PREFILL_CHUNK = 256
@@ -456,13 +457,15 @@ class OpenVINOModel:
         for _ in self.generate(self.tokenize(self._tok.get_bos_token() or " "), GenerationConfig(max_tokens=1), cancel):
             pass
 
-    def scorer(self) -> OpenVINOScorer:
+    def scorer(self) -> Any:
         """Teacher-forced next-token log-probs (see `aipc.backends.scoring`), from the IR this pipeline runs."""
         if self._is_npu:
             raise UsageError(
                 "scoring (aipc eval) is not supported on the NPU, whose pipeline has static shapes and returns the "
                 "last position's logits only: use --device cpu or gpu"
             )
+        from aipc.backends.openvino_scoring import OpenVINOScorer
+
         return OpenVINOScorer(self._ir, self._device)
 
     def embedder(self) -> Any:
@@ -477,57 +480,6 @@ class OpenVINOModel:
         self._pipe = None
         if self._speculator is not None:
             self._speculator.forget()
-
-
-class OpenVINOScorer:
-    """The IR's stateful model run directly (`Core.compile_model`), which returns every position's logits, where
-    `LLMPipeline` slices them to the last one. Its KV-cache state is reset before each sequence. Math is fp32
-    (INFERENCE_PRECISION_HINT): the CPU plugin otherwise computes in bf16 where the CPU has it, which would add
-    its own rounding to what the weights' precision costs."""
-
-    def __init__(self, ir: Path, device: DeviceInfo) -> None:
-        import openvino as ov
-
-        props = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if device.name == "cpu":
-            props["KV_CACHE_PRECISION"] = "f32"
-        try:
-            compiled = ov.Core().compile_model(str(ir / "openvino_model.xml"), device.runtime_name, props)
-        except RuntimeError as exc:
-            raise UsageError(f"OpenVINO could not compile {ir.name} for scoring: {_last_line(exc)}") from None
-        self._names = {i.get_any_name() for i in compiled.inputs}
-        self._request = compiled.create_infer_request()
-
-    def next_token_logprobs(self, token_ids) -> np.ndarray:
-
-        from aipc.backends.scoring import check_ids, log_softmax
-
-        ids = check_ids(token_ids)
-        n = len(ids)
-        run_stateful(self._request, ids, self._names, "score the sequence")
-        logits = self._request.get_tensor("logits").data
-        if logits.shape[1] != n:
-            raise GenerationError(f"OpenVINO returned logits for {logits.shape[1]} of {n} positions")
-        return log_softmax(logits[0])
-
-
-def run_stateful(request, ids: Sequence[int], names: set[str], doing: str) -> None:
-    """One sequence through a stateful IR's infer request, from an empty KV-cache state (the scorer's and the
-    embedder's pass: every position at once)."""
-    import numpy as np
-
-    array = np.asarray([list(ids)], dtype=np.int64)
-    inputs = {
-        "input_ids": array,
-        "attention_mask": np.ones_like(array),
-        "position_ids": np.arange(array.shape[1], dtype=np.int64)[None, :],
-        "beam_idx": np.zeros(1, dtype=np.int32),
-    }
-    request.reset_state()
-    try:
-        request.infer({k: v for k, v in inputs.items() if k in names})
-    except RuntimeError as exc:
-        raise GenerationError(f"OpenVINO could not {doing}: {_last_line(exc)}") from None
 
 
 def _cut_stop(text: str, stops: Sequence[str]) -> str:
@@ -597,8 +549,3 @@ def _seed32(seed: int) -> int:
     """A seed for OpenVINO's 32-bit generator: seeds up to 2**32 - 1 as they are, larger ones with their high
     bits folded in (the runtime would drop them: 5 and 5 + 2**32 drew the same answer)."""
     return (seed ^ (seed >> 32) ^ (seed >> 64)) & 0xFFFFFFFF
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__

@@ -464,7 +464,7 @@ async def generate_choices(
     return prepared, choices
 
 
-async def _slot(state: ServerState, request: Any, entry: Entry) -> Any:
+async def take_slot(state: ServerState, request: Any, entry: Entry) -> Any:
     """One of `entry`'s slots, once free; None (and `entry` released) when the client left while queued."""
     try:
         slot = await or_gone(request, entry.slots.acquire(), discard=lambda s: s.release())
@@ -482,7 +482,7 @@ async def _pumped(state: ServerState, request: Any, entry: Entry, start: Callabl
     queued: its request never runs."""
     stats = request.scope.setdefault("aipc.stats", {})
     waited = time.perf_counter()
-    slot = await _slot(state, request, entry)
+    slot = await take_slot(state, request, entry)
     if slot is None:
         return None
     stats["queue_ms"] = round((time.perf_counter() - waited) * 1000, 1)
@@ -496,55 +496,6 @@ async def _pumped(state: ServerState, request: Any, entry: Entry, start: Callabl
     pump = EventPump(start, on_exit=finished)
     state.pumps.add(pump)
     return pump
-
-
-# --- embeddings --------------------------------------------------------------------------------------------
-MAX_EMBED_INPUTS = 2048  # texts per request, as OpenAI allows
-
-
-async def embed(
-    state: ServerState, request: Any, name: str | None, texts: list[Any], *, keep_alive: Any = _UNSET, truncate: bool
-) -> tuple[Any, str] | None:
-    """`texts` embedded by the named model (`Model.embed`, in a worker thread): the `Embeddings` and the served
-    model's name, or None when the client left. An embedding takes one of the model's slots, as a generation
-    does (so --parallel and --max-queue bound it); a client that leaves stops it at its next text."""
-    import threading
-
-    if len(texts) > MAX_EMBED_INPUTS:
-        raise APIError(400, f"input has {len(texts)} items: at most {MAX_EMBED_INPUTS} are allowed", param="input")
-    entry = await state.acquire(request, name, keep_alive)
-    if entry is None:
-        return None
-    slot = await _slot(state, request, entry)
-    if slot is None:
-        return None
-    cancel = threading.Event()
-    work = asyncio.ensure_future(run_in_threadpool(entry.model.embed, texts, truncate=truncate, cancel=cancel))
-    try:
-        result = await or_gone(request, asyncio.shield(work), on_gone=cancel.set)
-    except AipcError as exc:
-        raise to_api_error(exc, param="input") from None
-    finally:
-        if not work.done():
-            cancel.set()
-            await asyncio.wait([work])  # the thread lets go of the model before its slot is given back
-        if work.done() and not work.cancelled():
-            work.exception()  # retrieved: a client that left has no answer to take it
-        slot.release()
-        state.pool.release(entry)
-    return None if result is None else (result, entry.name)
-
-
-def shortened(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:
-    """The first `dimensions` of each unit vector, scaled to unit length again (as OpenAI and Ollama shorten)."""
-    if dimensions is None or not vectors or dimensions == len(vectors[0]):
-        return vectors
-    if dimensions > len(vectors[0]):
-        message = f"dimensions is {dimensions}: this model's embeddings have {len(vectors[0])}"
-        raise APIError(400, message, param="dimensions", code="invalid_value")
-    from aipc.backends.embedding import unit
-
-    return [unit(v[:dimensions]) for v in vectors]
 
 
 async def _all(pump: EventPump) -> list[Any]:

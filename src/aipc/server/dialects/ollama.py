@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from aipc.engine.events import Done, TextDelta, ToolCall
 from aipc.errors import InvalidConfigError
-from aipc.server import core, errors
+from aipc.server import core, embedding, errors
 from aipc.server.dialects import ollama_protocol as protocol
 from aipc.server.dialects.openai_logprobs import TokenNames, chat_content
 from aipc.server.errors import APIError, json_bytes, to_api_error
@@ -139,7 +139,7 @@ async def _embed(state: core.ServerState, request: Request, *, legacy: bool) -> 
             return core.gone()
         state.pool.release(entry)
         return JSONResponse({"embedding": []} if legacy else {"model": body.model, "embeddings": []})
-    done = await core.embed(state, request, body.model, texts, keep_alive=keep, truncate=legacy or body.truncate)
+    done = await embedding.embed(state, request, body.model, texts, keep_alive=keep, truncate=legacy or body.truncate)
     if done is None:
         return core.gone()
     result, _ = done
@@ -148,7 +148,7 @@ async def _embed(state: core.ServerState, request: Request, *, legacy: bool) -> 
     return JSONResponse(
         {
             "model": body.model,
-            "embeddings": core.shortened(result.vectors, body.dimensions),
+            "embeddings": embedding.shortened(result.vectors, body.dimensions),
             "total_duration": _ns(time.perf_counter() - started),
             "load_duration": _ns(request.scope.get("aipc.stats", {}).get("load_ms", 0) / 1000),
             "prompt_eval_count": result.prompt_tokens,

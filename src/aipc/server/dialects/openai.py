@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from aipc import __version__
 from aipc.engine.events import Done, TextDelta, ToolCall
 from aipc.errors import AipcError
-from aipc.server import core, errors
+from aipc.server import core, embedding, errors
 from aipc.server.dialects import openai_protocol as protocol
 from aipc.server.dialects.openai_logprobs import CompletionLogprobs, TokenNames, chat_content, merge
 from aipc.server.errors import APIError, json_bytes, sse_error
@@ -59,11 +59,11 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     async def embeddings(request: Request) -> Response:
         state.check_serving()
         body = protocol.parse(protocol.EmbeddingRequest, await core.read_json(request))
-        done = await core.embed(state, request, body.model, body.texts(), truncate=False)
+        done = await embedding.embed(state, request, body.model, body.texts(), truncate=False)
         if done is None:
             return core.gone()
         result, served = done
-        vectors = core.shortened(result.vectors, body.dimensions)
+        vectors = embedding.shortened(result.vectors, body.dimensions)
         data = [
             {"object": "embedding", "index": i, "embedding": _base64(v) if body.encoding_format == "base64" else v}
             for i, v in enumerate(vectors)
