@@ -12,6 +12,7 @@ from typing import Any
 
 DIALECTS = (
     "aipc.server.dialects.openai",  # /v1/...: OpenAI's chat and text completions, the model list
+    "aipc.server.dialects.responses",  # /v1/responses: OpenAI's Responses API, stateless
     "aipc.server.dialects.ollama",  # /api/...: Ollama's chat and generate, and its version
     "aipc.server.dialects.ollama_models",  # /api/...: Ollama's tags, show, ps, pull, delete, copy
     "aipc.server.dialects.tokenizer",  # vLLM's /tokenizer_info, /tokenize, /detokenize

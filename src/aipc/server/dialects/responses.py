@@ -1,0 +1,270 @@
+"""OpenAI's Responses API: POST /v1/responses, stateless, over the serving core.
+
+The request's instructions and input items become a chat (responses_protocol.py); the core runs it as it runs
+/v1/chat/completions, tools and JSON schemas included, and this module shapes the events into a `response`
+object: output items (an assistant message with `output_text`, a `function_call` per call), whole or streamed
+as Responses' typed server-sent events (`response.created`, `response.output_text.delta`, ...,
+`response.completed`, or `response.incomplete` when `max_output_tokens` cut the answer). Nothing is stored:
+GET and DELETE of a response id answer 404.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from aipc.engine.events import Done, TextDelta, ToolCall
+from aipc.server import core
+from aipc.server.dialects import openai_protocol
+from aipc.server.dialects import responses_protocol as protocol
+from aipc.server.dialects.openai_logprobs import TokenNames, chat_content
+from aipc.server.errors import APIError, json_bytes, sse_error
+
+# GenerationConfig's names -> the request field they come from, to name it in errors.
+_PARAM = {"max_tokens": "max_output_tokens", "json_schema": "text.format", "logprobs": "top_logprobs"}
+
+
+def register(app: FastAPI, state: core.ServerState) -> None:
+    """Add /v1/responses; its errors take OpenAI's shape (the /v1/ prefix)."""
+
+    @app.post("/v1/responses")
+    async def create(request: Request) -> Response:
+        return await _respond(state, request)
+
+    @app.get("/v1/responses/{response_id}")
+    @app.delete("/v1/responses/{response_id}")
+    async def stored(response_id: str) -> Response:
+        raise APIError(
+            404, f"no response {response_id!r}: this server keeps no responses (store is not supported)", param=None
+        )
+
+
+async def _respond(state: core.ServerState, request: Request) -> Response:
+    state.check_serving()
+    body = openai_protocol.parse(protocol.ResponsesRequest, await core.read_json(request))
+    body.check_supported()
+    messages = body.messages()
+    tools = body.tool_options()
+    options = body.options()
+    asked = body.max_output_tokens
+
+    def prepare(entry: core.Entry) -> core.Prepared:
+        return core.chat_prompt(
+            entry, messages, options, asked=asked, param_of=lambda n: _PARAM.get(n, n), what="input", tools=tools
+        )
+
+    entry = await state.acquire(request, body.model)
+    if entry is None:
+        return core.gone()
+    shape = _Shape(body, entry)
+    generation = await core.generate(state, request, entry, prepare, schema_param="text.format")
+    if generation is None:
+        return core.gone()
+    if body.stream:
+        return core.StreamResponse(shape.stream(generation), generation.pump, "text/event-stream")
+    events = await generation.collect(request)
+    if events is None:
+        return core.gone()
+    return JSONResponse(shape.whole(events, generation.prepared))
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class _Shape:
+    """The `response` object of one request, and its stream of events."""
+
+    def __init__(self, body: protocol.ResponsesRequest, entry: core.Entry) -> None:
+        self.body = body
+        self.names = TokenNames(entry.model) if body.logprobs else None
+        defaults = entry.model.defaults
+        text_format = body.text.format.echoed() if body.text and body.text.format else {"type": "text"}
+        self.head: dict[str, Any] = {
+            "id": _id("resp"),
+            "object": "response",
+            "created_at": openai_protocol.now(),
+            "status": "in_progress",
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "max_tool_calls": None,
+            "model": entry.name,
+            "output": [],
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": False,
+            "temperature": body.temperature if body.temperature is not None else defaults.temperature,
+            "text": {"format": text_format},
+            "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
+            "tools": body.tools or [],
+            "top_logprobs": body.top_logprobs or 0,
+            "top_p": body.top_p if body.top_p is not None else defaults.top_p,
+            "truncation": body.truncation or "disabled",
+            "usage": None,
+            "user": body.user,
+            "metadata": body.metadata or {},
+        }
+        self._sequence = 0
+
+    def _logprobs(self, deltas: list[TextDelta]) -> list[dict[str, Any]]:
+        if self.names is None:
+            return []
+        return chat_content([t for d in deltas for t in d.tokens], self.names)
+
+    def _finished(self, output: list[dict[str, Any]], done: Done, prompt_tokens: int) -> dict[str, Any]:
+        cut = done.finish_reason == "length"
+        usage = {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": done.usage.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + done.usage.completion_tokens,
+        }
+        return self.head | {
+            "status": "incomplete" if cut else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+            "output": output,
+            "usage": usage,
+        }
+
+    # --- whole ---------------------------------------------------------------------------------------------
+    def whole(self, events: list[Any], prepared: core.Prepared) -> dict[str, Any]:
+        done = next(e for e in events if isinstance(e, Done))
+        status = "incomplete" if done.finish_reason == "length" else "completed"
+        deltas = [e for e in events if isinstance(e, TextDelta)]
+        calls = [e for e in events if isinstance(e, ToolCall)]
+        text = "".join(d.text for d in deltas)
+        output = []
+        if text or not calls:
+            output.append(_message(_id("msg"), text, self._logprobs(deltas), status))
+        output += [_function_call(_id("fc"), call, "completed") for call in calls]
+        return self._finished(output, done, prepared.prompt_tokens)
+
+    # --- streamed ------------------------------------------------------------------------------------------
+    def _event(self, kind: str, body: dict[str, Any]) -> bytes:
+        data = {"type": kind, "sequence_number": self._sequence} | body
+        self._sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
+
+    async def stream(self, generation: core.Generation) -> AsyncIterator[bytes]:
+        yield self._event("response.created", {"response": self.head})
+        yield self._event("response.in_progress", {"response": self.head})
+        items = _Items(self)
+        try:
+            async for batch in generation.batches():
+                out = []
+                for event in batch:
+                    if isinstance(event, TextDelta):
+                        out.append(items.text(event))
+                    elif isinstance(event, ToolCall):
+                        out.append(items.call(event))
+                    elif isinstance(event, Done):
+                        out.append(items.close(event))
+                        response = self._finished(items.output, event, generation.prepared.prompt_tokens)
+                        kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+                        out.append(self._event(kind, {"response": response}))
+                if out:
+                    yield b"".join(out)
+        except Exception as exc:  # after the 200: the error travels as an event
+            yield sse_error(exc)
+
+
+class _Items:
+    """The output items of a streamed response as its events arrive: an assistant message opened by the first
+    text and closed by a call or the end; a function_call item per call."""
+
+    def __init__(self, shape: _Shape) -> None:
+        self.shape = shape
+        self.output: list[dict[str, Any]] = []
+        self._message: dict[str, Any] | None = None  # the open message: its id, text and log-probs so far
+        self._deltas: list[TextDelta] = []
+
+    def _open(self) -> bytes:
+        index = len(self.output)
+        self._message = _message(_id("msg"), "", [], "in_progress")
+        self._deltas = []
+        self.output.append(self._message)
+        added = self._message | {"content": []}
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        where = {"item_id": self._message["id"], "output_index": index, "content_index": 0}
+        return self.shape._event("response.output_item.added", {"output_index": index, "item": added}) + (
+            self.shape._event("response.content_part.added", where | {"part": part})
+        )
+
+    def text(self, delta: TextDelta) -> bytes:
+        head = self._open() if self._message is None else b""
+        self._deltas.append(delta)
+        index = len(self.output) - 1
+        where = {"item_id": self._message["id"], "output_index": index, "content_index": 0}
+        logprobs = self.shape._logprobs([delta])
+        return head + self.shape._event(
+            "response.output_text.delta", where | {"delta": delta.text, "logprobs": logprobs}
+        )
+
+    def _close(self, status: str) -> bytes:
+        message, self._message = self._message, None
+        if message is None:
+            return b""
+        index = self.output.index(message)
+        text = "".join(d.text for d in self._deltas)
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self.shape._logprobs(self._deltas)}
+        message |= {"status": status, "content": [part]}
+        where = {"item_id": message["id"], "output_index": index, "content_index": 0}
+        return b"".join(
+            (
+                self.shape._event("response.output_text.done", where | {"text": text, "logprobs": part["logprobs"]}),
+                self.shape._event("response.content_part.done", where | {"part": part}),
+                self.shape._event("response.output_item.done", {"output_index": index, "item": message}),
+            )
+        )
+
+    def call(self, call: ToolCall) -> bytes:
+        head = self._close("completed")
+        index = len(self.output)
+        item = _function_call(_id("fc"), call, "completed")
+        self.output.append(item)
+        where = {"item_id": item["id"], "output_index": index}
+        return head + b"".join(
+            (
+                self.shape._event(
+                    "response.output_item.added",
+                    {"output_index": index, "item": item | {"arguments": "", "status": "in_progress"}},
+                ),
+                self.shape._event("response.function_call_arguments.delta", where | {"delta": call.arguments}),
+                self.shape._event(
+                    "response.function_call_arguments.done", where | {"name": call.name, "arguments": call.arguments}
+                ),
+                self.shape._event("response.output_item.done", {"output_index": index, "item": item}),
+            )
+        )
+
+    def close(self, done: Done) -> bytes:
+        """The end: the open message closed (or an empty one, for an answer with neither text nor calls)."""
+        status = "incomplete" if done.finish_reason == "length" else "completed"
+        head = self._open() if not self.output else b""
+        return head + self._close(status)
+
+
+def _message(ident: str, text: str, logprobs: list[dict[str, Any]], status: str) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+    return {"type": "message", "id": ident, "status": status, "role": "assistant", "content": [part]}
+
+
+def _function_call(ident: str, call: ToolCall, status: str) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": ident,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
+        "status": status,
+    }

@@ -1,0 +1,263 @@
+"""OpenAI's Responses API (/v1/responses, stateless) on the real embedded model, through the official `openai`
+client (whole, streamed, its `stream()` helper and `parse()`) and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai import OpenAI
+from pydantic import BaseModel
+
+from aipc.server.settings import ServerSettings
+from tests.conftest import PARIS_QUESTION
+from tests.test_server_support import LiveServer
+
+MODEL = "smollm2:135m"
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+ASK = "What is the weather in Paris?"
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with LiveServer(ServerSettings(), model) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def _events(http: httpx.Client, body: dict) -> list[tuple[str, dict]]:
+    """A streamed response's (event name, data) pairs, read as raw server-sent events."""
+    out, name = [], None
+    with http.stream("POST", "/v1/responses", json=body | {"stream": True}) as reply:
+        assert reply.status_code == 200, reply.read()
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        for line in reply.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: ") :]
+            elif line.startswith("data: "):
+                out.append((name, json.loads(line[len("data: ") :])))
+    return out
+
+
+def test_a_response_answers_with_an_output_text_message(client):
+    reply = client.responses.create(model=MODEL, input=PARIS_QUESTION, temperature=0)
+    assert "Paris" in reply.output_text
+    assert reply.object == "response" and reply.status == "completed" and reply.model == MODEL
+    assert reply.id.startswith("resp_") and reply.incomplete_details is None
+    [message] = reply.output
+    assert message.type == "message" and message.role == "assistant" and message.status == "completed"
+    assert [part.type for part in message.content] == ["output_text"]
+    usage = reply.usage
+    assert usage.input_tokens > 10 and usage.output_tokens >= 3
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+
+
+def test_instructions_are_the_system_message(client):
+    plain = client.responses.create(model=MODEL, input=PARIS_QUESTION, temperature=0, max_output_tokens=4)
+    told = client.responses.create(
+        model=MODEL, input=PARIS_QUESTION, instructions="Answer in French.", temperature=0, max_output_tokens=4
+    )
+    # the model's template puts its own default system prompt where no system message is given: compare lengths
+    # against a conversation that gives the same system message as an input item
+    given = client.responses.create(
+        model=MODEL,
+        input=[{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": PARIS_QUESTION}],
+        temperature=0,
+        max_output_tokens=4,
+    )
+    assert told.usage.input_tokens == given.usage.input_tokens != plain.usage.input_tokens
+    assert told.output_text == given.output_text
+    assert told.instructions == "Answer in French."
+
+
+def test_streamed_events_follow_the_protocol_and_match_the_whole_response(client, http):
+    body = {"model": MODEL, "input": "Name three colours.", "temperature": 0, "max_output_tokens": 40}
+    whole = client.responses.create(**body)
+    events = _events(http, body)
+    names = [name for name, _ in events]
+    assert names[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert names[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed" if whole.status == "completed" else "response.incomplete",
+    ]
+    assert all(data["type"] == name for name, data in events)
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    deltas = [data["delta"] for name, data in events if name == "response.output_text.delta"]
+    assert len(deltas) >= 3 and "".join(deltas) == whole.output_text
+    final = events[-1][1]["response"]
+    assert final["output"][0]["content"][0]["text"] == whole.output_text
+    assert final["usage"]["output_tokens"] == whole.usage.output_tokens
+    assert events[0][1]["response"]["id"] == final["id"]
+
+
+def test_the_clients_stream_helper_accumulates_the_response(client):
+    with client.responses.stream(model=MODEL, input=PARIS_QUESTION, temperature=0) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "Paris" in final.output_text and kinds[-1] == "response.completed"
+
+
+def test_max_output_tokens_leaves_the_response_incomplete(client, http):
+    body = {"model": MODEL, "input": "Write a long story about a dragon.", "temperature": 0, "max_output_tokens": 5}
+    reply = client.responses.create(**body)
+    assert reply.status == "incomplete" and reply.incomplete_details.reason == "max_output_tokens"
+    assert reply.usage.output_tokens == 5 and reply.output[0].status == "incomplete"
+    events = _events(http, body)
+    assert events[-1][0] == "response.incomplete"
+    assert events[-1][1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_a_function_call_round_trip(client):
+    reply = client.responses.create(model=MODEL, input=ASK, tools=[WEATHER], tool_choice="required", temperature=0)
+    calls = [item for item in reply.output if item.type == "function_call"]
+    assert calls and calls[0].name == "get_weather" and calls[0].call_id and calls[0].status == "completed"
+    jsonschema.validate(json.loads(calls[0].arguments), WEATHER["parameters"])
+    history = [
+        {"role": "user", "content": ASK},
+        *[item.model_dump(exclude_none=True) for item in reply.output],  # resent as the client got them
+        *[{"type": "function_call_output", "call_id": c.call_id, "output": "Sunny, 21 C"} for c in calls],
+    ]
+    answer = client.responses.create(model=MODEL, input=history, tools=[WEATHER], tool_choice="none", temperature=0)
+    assert answer.status == "completed" and answer.output_text.strip()
+    assert [item.type for item in answer.output] == ["message"]
+
+
+def test_a_streamed_function_call(client):
+    with client.responses.stream(
+        model=MODEL, input=ASK, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, temperature=0
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    [call] = [item for item in final.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments)["city"]
+    assert "response.function_call_arguments.done" in kinds and kinds[-1] == "response.completed"
+
+
+def test_text_format_json_schema_through_parse(client):
+    class City(BaseModel):
+        name: str
+        country: str
+
+    reply = client.responses.parse(
+        model=MODEL, input="The capital of France, as JSON.", text_format=City, temperature=0, max_output_tokens=60
+    )
+    assert isinstance(reply.output_parsed, City) and reply.output_parsed.name
+
+
+def test_logprobs_when_included(client):
+    reply = client.responses.create(
+        model=MODEL,
+        input=PARIS_QUESTION,
+        temperature=0,
+        max_output_tokens=6,
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
+    )
+    part = reply.output[0].content[0]
+    assert len(part.logprobs) == reply.usage.output_tokens
+    assert "".join(lp.token for lp in part.logprobs) == part.text
+    assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in part.logprobs)
+    # greedy: each chosen token is its position's most likely one
+    assert all(lp.top_logprobs[0].token == lp.token for lp in part.logprobs)
+
+
+def test_a_resent_conversation_with_output_text_parts(http):
+    reply = http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "input": [
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "My name is Ada."}]},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "id": "msg_1",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "Nice to meet you, Ada!", "annotations": []}],
+                },
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"role": "user", "content": "What is my name?"},
+            ],
+            "temperature": 0,
+            "max_output_tokens": 20,
+            "store": True,
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["store"] is False  # nothing is kept, whatever the request says
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        ({"previous_response_id": "resp_1"}, "previous_response_id", "keeps no responses"),
+        ({"conversation": "conv_1"}, "conversation", "keeps no responses"),
+        ({"background": True}, "background", "not supported"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0]", "only function tools"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input[0].content",
+            "text",
+        ),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "keeps no items"),
+        ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0]", "function_call_output"),
+        ({"input": []}, "input", "must not be empty"),
+        ({"top_logprobs": 2}, "top_logprobs", "message.output_text.logprobs"),
+        ({"include": ["file_search_call.nonsense"]}, "include", "message.output_text.logprobs"),
+        ({"temperature": 3}, "temperature", "temperature"),
+        ({"max_output_tokens": 0}, "max_output_tokens", "max_output_tokens"),
+        ({"tool_choice": {"type": "allowed_tools"}}, "tool_choice", "tool_choice"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema", "schema"),
+        ({"frobnicate": 1}, "frobnicate", "Unrecognized"),
+    ],
+)
+def test_what_cannot_be_honoured_is_a_400_naming_the_field(client, extra, param, words):
+    body = {"model": MODEL, "input": PARIS_QUESTION, "max_output_tokens": 4} | extra
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(**{k: v for k, v in body.items() if k in _SDK_ARGS}, extra_body=_extra(body))
+    error = caught.value.body
+    assert error["param"] == param and words in error["message"]
+
+
+_SDK_ARGS = ("model", "input", "max_output_tokens", "temperature", "tools", "include", "top_logprobs", "tool_choice")
+
+
+def _extra(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k not in _SDK_ARGS}
+
+
+def test_a_response_id_is_not_kept(client):
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_0123")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete("resp_0123")
+
+
+def test_an_unknown_model_is_a_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-model", input="hi")
