@@ -107,6 +107,26 @@ def test_per_request_plan_learns_from_earlier_answers_of_the_same_kind():
     assert governor.plan(list(range(9000, 9200))) == ("long", 0)
 
 
+def test_requests_of_one_template_are_planned_from_their_own_answers():
+    """A copy task and a rewrite task after the same chat preamble are both long prompts; pooled, the rewrites'
+    measurements would keep the copies from drafting. Each is planned from its own template's answers."""
+    governor = Governor(pads_misses=True)
+    governor.costs.observe(1, 0.010)
+    governor.costs.observe(5, 0.014)
+    preamble, text = list(range(10, 30)), list(range(100, 220))
+    copy, rewrite = [*preamble, 1, 2, 3, 4, 5, 6, 7, 8, 9, *text], [*preamble, 9, 8, 7, 6, 5, 4, 3, 2, 1, *text]
+    for _ in range(3):
+        governor.record("long", copy, text[:100])  # the copy's answer is the text
+        governor.record("long", rewrite, list(range(5000, 5100)))  # the rewrite's answer is new text
+    assert governor.plan(copy)[1] >= 8
+    governor.record("long", copy, text[:100])  # (the rewrite then does not continue the prompt before it)
+    assert governor.plan(rewrite) == ("long", 0)
+    # a long prompt of neither template: planned from both (the pooled measurement, mostly new text)
+    other = [*preamble, *range(7000, 7100)]
+    pooled = best_width(list(governor._history["long"]), governor.costs, pads_misses=True)
+    assert governor.plan(other)[1] == (pooled[0] if pooled[1] >= 1 + speculate.MARGIN else 0)
+
+
 def test_lookup_says_how_much_text_follows_the_passage_it_copies_from():
     passage = list(range(100, 160))
     lookup = Lookup([*passage, 1, 2])

@@ -22,7 +22,9 @@ generates and speculates only when the measurement says it is faster:
 Where the runtime lets aipc decide per step (llama.cpp's draft-model hook), the rule runs at every step on the
 answer's own recent positions. Elsewhere (OpenVINO GenAI, ONNX Runtime GenAI) it decides per request, from the
 measured answers of earlier requests of the same kind (a long new prompt, from which answers often copy, or a
-short one); with none yet, long prompts start speculating and short ones do not. On OpenVINO GenAI the
+short one), and from those of its own template where it has one (a prompt that shares more of its start with
+some earlier prompts than all of them share: the same instruction before a pasted text, an app's fixed prompt);
+with none yet, long prompts start speculating and short ones do not. On OpenVINO GenAI the
 answer's own positions then correct that plan midway (`switch`): the answer moves to the other pipeline when
 what the move saves on the rest of the answer repays the prefill it costs. On OpenVINO GenAI, prompt
 lookup runs in a second pipeline, which holds its own copy of the compiled weights and its own KV cache:
@@ -49,6 +51,13 @@ _MIN_EVIDENCE = 12  # answer positions measured before a request's own measureme
 WINDOW = 96  # the most recent measured positions the per-step rule replays
 RECONSIDER = 3  # new measured positions before the per-step rule decides again
 _HISTORY = 384  # measured positions kept per kind of request for the per-request rule
+# Requests of one template (an app's fixed instruction, a repeated task) are planned from their own answers: two
+# prompts are of one template when they share TEMPLATE_PREFIX tokens more than the recent prompts of their kind
+# all share (the chat template's own preamble). The last RECENT answers are kept for this, with the first
+# PROMPT_KEPT tokens of their prompts.
+TEMPLATE_PREFIX = 8
+RECENT = 16
+PROMPT_KEPT = 1024
 SWITCH_PAYBACK = 1.5  # a mid-generation switch must save this many times what it costs (see `switch`)
 # `auto` never costs more memory than this share of the machine's: on OpenVINO GenAI, whose prompt lookup needs
 # a second pipeline (its own compiled weights and KV cache), a model whose second pipeline would take more is
@@ -304,17 +313,29 @@ class Governor:
         self.pads_misses = pads_misses
         self.widths = tuple(widths)
         self._history: dict[str, deque] = {"long": deque(maxlen=_HISTORY), "short": deque(maxlen=_HISTORY)}
+        self._recent: deque[tuple[str, tuple[int, ...], list]] = deque(maxlen=RECENT)  # (kind, prompt head, runs)
         self._previous: list[int] = []
         self._last_width = 0
         self._lock = threading.Lock()
 
     def _shared(self, prompt: Sequence[int]) -> int:
-        shared = 0
-        for a, b in zip(self._previous, prompt, strict=False):
-            if a != b:
-                break
-            shared += 1
-        return shared
+        return _common_prefix(self._previous, prompt)
+
+    def _measured(self, kind: str, prompt: Sequence[int]) -> list:
+        """The measured positions a request is planned from: those of earlier requests of its template where
+        there are enough, else those of every recent request of its kind. A template is what the prompt shares
+        with some recent prompts beyond what all recent prompts of the kind share: a copy task and a rewrite
+        task after the same chat preamble are planned apart, though both are long prompts."""
+        entries = [(head, runs) for k, head, runs in self._recent if k == kind]
+        if len(entries) >= 2:
+            shared = [_common_prefix(head, prompt) for head, _ in entries]
+            floor = min(shared)
+            mine = [runs for n, (_, runs) in zip(shared, entries, strict=True) if n >= floor + TEMPLATE_PREFIX]
+            if 0 < len(mine) < len(entries):
+                runs = [r for part in mine for r in part][-_HISTORY:]
+                if len(runs) >= _MIN_EVIDENCE:
+                    return runs
+        return list(self._history[kind])
 
     def kind(self, prompt: Sequence[int]) -> str:
         """long: the prompt brings at least LONG_PROMPT tokens the previous one did not start with (a pasted
@@ -334,7 +355,7 @@ class Governor:
         with self._lock:
             if self._previous and self._shared(prompt) >= LONG_PROMPT:
                 return kind, self._last_width
-            runs = list(self._history[kind])
+            runs = self._measured(kind, prompt)
         if len(runs) < _MIN_EVIDENCE:
             width = PRIOR_WIDTH if kind == "long" else 0
         else:
@@ -362,12 +383,22 @@ class Governor:
             self._previous = list(prompt)
             if runs and kind in self._history:
                 self._history[kind].extend(runs)
+                self._recent.append((kind, tuple(prompt[:PROMPT_KEPT]), runs[-_HISTORY:]))
 
     def stepper(self, prompt: Sequence[int], *, seeded: bool = False) -> Stepper:
         """The per-step rule for one generation (runtimes that ask before every step); seeded sampling keeps the
         width planned from its prompt for the whole generation (see `plan`)."""
         kind, width = self.plan(prompt, seeded=seeded)
         return Stepper(self, kind, prompt, width, fixed=seeded)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class Stepper:
