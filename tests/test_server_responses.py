@@ -227,7 +227,6 @@ def test_a_resent_conversation_with_output_text_parts(http):
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "keeps no items"),
         ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0]", "function_call_output"),
         ({"input": []}, "input", "must not be empty"),
-        ({"top_logprobs": 2}, "top_logprobs", "message.output_text.logprobs"),
         ({"include": ["file_search_call.nonsense"]}, "include", "message.output_text.logprobs"),
         ({"temperature": 3}, "temperature", "temperature"),
         ({"max_output_tokens": 0}, "max_output_tokens", "max_output_tokens"),
@@ -251,11 +250,98 @@ def _extra(body: dict) -> dict:
     return {k: v for k, v in body.items() if k not in _SDK_ARGS}
 
 
+def test_agent_frameworks_empty_tools_with_a_tool_choice_are_accepted(http):
+    # the OpenAI Agents SDK sends tools: [] with the tool_choice of its settings
+    for choice in ("auto", "none"):
+        body = {"model": MODEL, "input": "Hi", "tools": [], "tool_choice": choice, "max_output_tokens": 3}
+        assert http.post("/v1/responses", json=body).status_code == 200
+
+
+def test_input_tokens_are_counted_as_a_response_counts_them(client):
+    kwargs = {"model": MODEL, "input": PARIS_QUESTION, "instructions": "Be brief.", "tools": [WEATHER]}
+    counted = client.responses.input_tokens.count(**kwargs)
+    assert counted.input_tokens == client.responses.create(**kwargs, max_output_tokens=2).usage.input_tokens
+
+
+def test_max_tool_calls_caps_the_calls(client):
+    reply = client.responses.create(
+        model=MODEL,
+        input="Weather in Paris, Rome and Oslo?",
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=True,
+        max_tool_calls=1,
+        temperature=0,
+        max_output_tokens=120,
+    )
+    assert len([item for item in reply.output if item.type == "function_call"]) == 1
+    assert reply.max_tool_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        (  # a call's output that answers no call: named by its input item, not the chat message it became
+            {
+                "input": [
+                    {"role": "user", "content": "Hi"},
+                    {"type": "function_call_output", "call_id": "x", "output": "1"},
+                ]
+            },
+            "input[1].call_id",
+            "input[1].call_id 'x'",
+        ),
+        ({"tools": [{"type": "function", "parameters": {"type": "object"}}]}, "tools[0].name", "tools[0].name"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice.name", "nope"),
+        ({"tools": [WEATHER], "tool_choice": "bogus"}, "tool_choice", '{"type": "function", "name": ...}'),
+        ({"input": ["hi"]}, "input[0]", "item object"),
+    ],
+)
+def test_errors_name_the_responses_fields(http, extra, param, words):
+    body = {"model": MODEL, "input": PARIS_QUESTION, "max_output_tokens": 4} | extra
+    reply = http.post("/v1/responses", json=body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert "function.name" not in error["message"] and "messages[" not in error["message"]
+
+
+def test_truncation_auto_drops_the_oldest_turns_to_fit(model):
+    turn = "Tell me about the sea. " * 20  # about 120 tokens a turn
+    history = []
+    for i in range(4):
+        history += [{"role": "user", "content": f"{i}: {turn}"}, {"role": "assistant", "content": "The sea is big."}]
+    history.append({"role": "user", "content": "What colour is it?"})
+    with (
+        LiveServer(ServerSettings(context_length=320), model) as small,
+        httpx.Client(base_url=small.url, timeout=60) as http,
+    ):
+        body = {"model": MODEL, "input": history, "instructions": "Be brief.", "max_output_tokens": 8}
+        refused = http.post("/v1/responses", json=body)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+        fitted = http.post("/v1/responses", json=body | {"truncation": "auto"})
+        assert fitted.status_code == 200, fitted.text
+        used = fitted.json()["usage"]["input_tokens"]
+        assert used + 8 <= 320
+        # the oldest turns, whole, and only as many as needed: one turn more would not have fit
+
+        def count(items: list) -> int:
+            asked = {"model": MODEL, "input": items, "instructions": "Be brief."}
+            return http.post("/v1/responses/input_tokens", json=asked).json()["input_tokens"]
+
+        fits = next(cut for cut in range(0, len(history), 2) if count(history[cut:]) + 8 <= 320)
+        assert fits > 0 and used == count(history[fits:])
+        too_long = {"model": MODEL, "input": turn * 10, "truncation": "auto"}  # one turn over the context
+        assert http.post("/v1/responses", json=too_long).status_code == 400
+
+
 def test_a_response_id_is_not_kept(client):
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_0123")
     with pytest.raises(openai.NotFoundError):
         client.responses.delete("resp_0123")
+    with pytest.raises(openai.NotFoundError):  # no stored state to compact, not a 405
+        client.post("/responses/compact", body={"model": MODEL, "input": "hi"}, cast_to=object)
 
 
 def test_an_unknown_model_is_a_404(client):

@@ -10,19 +10,22 @@ GET and DELETE of a response id answer 404.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from aipc.engine.events import Done, TextDelta, ToolCall
+from aipc.errors import AipcError
 from aipc.server import core
 from aipc.server.dialects import openai_protocol
 from aipc.server.dialects import responses_protocol as protocol
 from aipc.server.dialects.openai_logprobs import TokenNames, chat_content
-from aipc.server.errors import APIError, json_bytes, sse_error
+from aipc.server.errors import APIError, json_bytes, openai_body, to_api_error
 
 # GenerationConfig's names -> the request field they come from, to name it in errors.
 _PARAM = {"max_tokens": "max_output_tokens", "json_schema": "text.format", "logprobs": "top_logprobs"}
@@ -35,6 +38,34 @@ def register(app: FastAPI, state: core.ServerState) -> None:
     async def create(request: Request) -> Response:
         return await _respond(state, request)
 
+    @app.post("/v1/responses/input_tokens")
+    async def input_tokens(request: Request) -> Response:
+        """How many tokens a request's input comes to on the model, without generating (the SDK's
+        `responses.input_tokens.count`)."""
+        state.check_serving()
+        body = openai_protocol.parse(protocol.ResponsesRequest, await core.read_json(request))
+        body.check_supported()
+        messages, origin = body.messages()
+        tools = body.tool_options()
+
+        def count(entry: core.Entry) -> int:  # the whole input, whatever the context holds
+            try:
+                return len(entry.model.prepare(messages, **tools).ids)
+            except AipcError as exc:
+                field = str(exc).split(" ", 1)[0]
+                raise _renamed(
+                    to_api_error(exc, param="tools" if field.startswith("tool") else "input"), origin
+                ) from None
+
+        entry = await state.acquire(request, body.model)
+        if entry is None:
+            return core.gone()
+        try:
+            tokens = await run_in_threadpool(count, entry)
+        finally:
+            state.pool.release(entry)
+        return JSONResponse({"object": "response.input_tokens", "input_tokens": tokens})
+
     @app.get("/v1/responses/{response_id}")
     @app.delete("/v1/responses/{response_id}")
     async def stored(response_id: str) -> Response:
@@ -42,21 +73,99 @@ def register(app: FastAPI, state: core.ServerState) -> None:
             404, f"no response {response_id!r}: this server keeps no responses (store is not supported)", param=None
         )
 
+    @app.post("/v1/responses/{response_id}/{action}")
+    @app.post("/v1/responses/{action}")
+    async def not_served(request: Request) -> Response:
+        raise APIError(404, f"{request.url.path} is not served: this server keeps no responses", param=None)
+
+
+def _prepared(data: Any) -> tuple[protocol.ResponsesRequest, Any]:
+    """The request checked, and the function that prepares its prompt on a model (in a worker thread)."""
+    body = openai_protocol.parse(protocol.ResponsesRequest, data)
+    body.check_supported()
+    messages, origin = body.messages()
+    tools = body.tool_options()
+    options = body.options()
+
+    def prepare(entry: core.Entry) -> core.Prepared:
+        return _chat(entry, messages, origin, options, body.max_output_tokens, tools, body.truncation == "auto")
+
+    return body, prepare
+
+
+def _chat(entry, messages, origin, options, asked, tools, truncate: bool) -> core.Prepared:
+    """The chat's prompt, errors naming Responses' fields. With `truncation: "auto"`, a conversation over the
+    context loses its oldest turns (whole turns, from a user message on; the instructions stay), as few as fit."""
+
+    keep = 1 if origin[:1] == ["instructions"] else 0
+
+    def attempt(cut: int) -> core.Prepared:
+        kept = messages[:keep] + messages[cut:] if cut else messages
+        try:
+            return core.chat_prompt(
+                entry,
+                kept,
+                options,
+                asked=asked,
+                param_of=lambda n: _PARAM.get(n, n),
+                what="input",
+                tools=tools,
+            )
+        except APIError as exc:
+            raise _renamed(exc, origin[:keep] + origin[cut:] if cut else origin) from None
+
+    try:
+        return attempt(0)
+    except APIError as exc:
+        if not (truncate and exc.code == "context_length_exceeded"):
+            raise
+        first = exc
+    starts = [i for i, m in enumerate(messages) if i > 0 and m["role"] == "user" and origin[i] != "instructions"]
+    low, high, best = 0, len(starts) - 1, None
+    while low <= high:  # the fewest turns dropped that fit (dropping more only shortens the prompt)
+        mid = (low + high) // 2
+        try:
+            best = attempt(starts[mid])
+            high = mid - 1
+        except APIError as exc:
+            if exc.code != "context_length_exceeded":
+                raise
+            low = mid + 1
+    if best is None:
+        raise first
+    return best
+
+
+_MESSAGE_FIELD = re.compile(r"messages\[(\d+)\](\.tool_call_id)?")
+
+
+def _renamed(exc: APIError, origin: list[str]) -> APIError:
+    """An error the chat core raised, in the Responses request's own terms: `messages[i]` is the input item
+    it came from, a function tool's fields are the tool's own, a named tool_choice is `{"type": "function",
+    "name": ...}`."""
+
+    def item(match: re.Match) -> str:
+        index = int(match.group(1))
+        where = origin[index] if index < len(origin) else "input"
+        return where + (".call_id" if match.group(2) else "")
+
+    def rename(text: str) -> str:
+        text = _MESSAGE_FIELD.sub(item, text)
+        text = re.sub(r"(tools\[\d+\])\.function\.", r"\1.", text).replace("tool_choice.function.", "tool_choice.")
+        return text.replace('{"type": "function", "function": {"name": ...}}', '{"type": "function", "name": ...}')
+
+    param = exc.param
+    if param in (None, "messages", "input", "tools", "tool_choice"):  # the field the message names, if any
+        found = _MESSAGE_FIELD.search(exc.message) or re.match(r"(?:tools\[\d+\]|tool_choice)[.\w]*", exc.message)
+        param = rename(found.group(0)) if found else param
+    renamed = APIError(exc.status, rename(exc.message), type=exc.type, param=param and rename(param), code=exc.code)
+    renamed.headers = exc.headers
+    return renamed
+
 
 async def _respond(state: core.ServerState, request: Request) -> Response:
     state.check_serving()
-    body = openai_protocol.parse(protocol.ResponsesRequest, await core.read_json(request))
-    body.check_supported()
-    messages = body.messages()
-    tools = body.tool_options()
-    options = body.options()
-    asked = body.max_output_tokens
-
-    def prepare(entry: core.Entry) -> core.Prepared:
-        return core.chat_prompt(
-            entry, messages, options, asked=asked, param_of=lambda n: _PARAM.get(n, n), what="input", tools=tools
-        )
-
+    body, prepare = _prepared(await core.read_json(request))
     entry = await state.acquire(request, body.model)
     if entry is None:
         return core.gone()
@@ -94,12 +203,15 @@ class _Shape:
             "incomplete_details": None,
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
-            "max_tool_calls": None,
+            "max_tool_calls": body.max_tool_calls,
             "model": entry.name,
             "output": [],
             "parallel_tool_calls": body.parallel_tool_calls is not False,
             "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None},
+            "reasoning": {"effort": None, "summary": None}
+            | (body.reasoning.model_dump(exclude_none=True) if body.reasoning else {}),
+            "prompt_cache_key": body.prompt_cache_key,
+            "safety_identifier": body.safety_identifier,
             "service_tier": "default",
             "store": False,
             "temperature": body.temperature if body.temperature is not None else defaults.temperature,
@@ -114,6 +226,10 @@ class _Shape:
             "metadata": body.metadata or {},
         }
         self._sequence = 0
+
+    def allowed(self, call: ToolCall) -> bool:
+        """Within `max_tool_calls` (the calls after that many are dropped)."""
+        return self.body.max_tool_calls is None or call.index < self.body.max_tool_calls
 
     def _logprobs(self, deltas: list[TextDelta]) -> list[dict[str, Any]]:
         if self.names is None:
@@ -141,7 +257,7 @@ class _Shape:
         done = next(e for e in events if isinstance(e, Done))
         status = "incomplete" if done.finish_reason == "length" else "completed"
         deltas = [e for e in events if isinstance(e, TextDelta)]
-        calls = [e for e in events if isinstance(e, ToolCall)]
+        calls = [e for e in events if isinstance(e, ToolCall) and self.allowed(e)]
         text = "".join(d.text for d in deltas)
         output = []
         if text or not calls:
@@ -165,7 +281,7 @@ class _Shape:
                 for event in batch:
                     if isinstance(event, TextDelta):
                         out.append(items.text(event))
-                    elif isinstance(event, ToolCall):
+                    elif isinstance(event, ToolCall) and self.allowed(event):
                         out.append(items.call(event))
                     elif isinstance(event, Done):
                         out.append(items.close(event))
@@ -174,8 +290,11 @@ class _Shape:
                         out.append(self._event(kind, {"response": response}))
                 if out:
                     yield b"".join(out)
-        except Exception as exc:  # after the 200: the error travels as an event
-            yield sse_error(exc)
+        except Exception as exc:  # after the 200: the error travels as Responses' error event
+            error = to_api_error(exc)
+            fields = {"code": error.code or error.type, "message": error.message, "param": error.param}
+            # `error` too, as OpenAI's chat stream has it: the Python SDK raises on that key
+            yield self._event("error", fields | openai_body(error))
 
 
 class _Items:

@@ -60,7 +60,7 @@ class TextOptions(_Body):
     verbosity: str | None = None  # how much a reasoning model says: nothing to change here
 
 
-class Reasoning(_Body):
+class Reasoning(_Body):  # echoed as given
     effort: str | None = None  # this model does not think: accepted, changes nothing
     summary: str | None = None
     generate_summary: str | None = None
@@ -68,7 +68,7 @@ class Reasoning(_Body):
 
 class ResponsesRequest(_Body):
     model: str | None = None
-    input: str | list[dict[str, Any]]
+    input: str | list[Any]
     instructions: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -78,8 +78,9 @@ class ResponsesRequest(_Body):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     include: list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
+    max_tool_calls: int | None = Field(default=None, ge=1)
     text: TextOptions | None = None
     reasoning: Reasoning | None = None
     truncation: Literal["auto", "disabled"] | None = None
@@ -108,8 +109,6 @@ class ResponsesRequest(_Body):
         for value in self.include or ():
             if value != LOGPROBS and value not in _INCLUDE_NOTHING:
                 raise APIError(400, f"include: {value!r} is not one of {LOGPROBS!r}, ...", param="include")
-        if self.top_logprobs and not self.logprobs:
-            raise APIError(400, f"top_logprobs needs include: [{LOGPROBS!r}]", param="top_logprobs")
 
     @property
     def logprobs(self) -> bool:
@@ -128,29 +127,41 @@ class ResponsesRequest(_Body):
             values["json_schema"] = self.text.format.schema_text()
         return {k: v for k, v in values.items() if v is not None}
 
-    def messages(self) -> list[dict[str, Any]]:
-        """`instructions` and `input` as the chat messages the engine takes."""
+    def messages(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """`instructions` and `input` as the chat messages the engine takes, and for each message the input
+        field it came from (to name it in errors)."""
         out: list[dict[str, Any]] = []
+        origin: list[str] = []
         if self.instructions:
             out.append({"role": "system", "content": self.instructions})
+            origin.append("instructions")
         if isinstance(self.input, str):
-            return [*out, {"role": "user", "content": self.input}]
+            return [*out, {"role": "user", "content": self.input}], [*origin, "input"]
         if not self.input:
             raise APIError(400, "input must not be empty", param="input")
         for i, item in enumerate(self.input):
-            _add_item(out, item, f"input[{i}]")
-        return out
+            param = f"input[{i}]"
+            if not isinstance(item, dict):
+                raise APIError(
+                    400,
+                    f"{param} must be an item object (a message, function_call or function_call_output), "
+                    f"got {type(item).__name__}: input is a string or a list of items",
+                    param=param,
+                )
+            before = len(out)
+            _add_item(out, item, param)
+            origin += [param] * (len(out) - before)
+        return out, origin
 
     def tool_options(self) -> dict[str, Any]:
         """The tool side of the request in the chat form `Model.prepare` checks."""
         tools = None
         if self.tools is not None:
             tools = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(self.tools)]
-        return {
-            "tools": tools,
-            "tool_choice": _tool_choice(self.tool_choice),
-            "parallel_tool_calls": self.parallel_tool_calls,
-        }
+        choice = _tool_choice(self.tool_choice)
+        if not tools and choice in ("auto", "none"):
+            choice = None  # as OpenAI takes it: agent frameworks send tools: [] with their tool_choice
+        return {"tools": tools, "tool_choice": choice, "parallel_tool_calls": self.parallel_tool_calls}
 
 
 def _add_item(out: list[dict[str, Any]], item: dict[str, Any], param: str) -> None:
