@@ -4,8 +4,10 @@ The request's instructions and input items become a chat (responses_protocol.py)
 /v1/chat/completions, tools and JSON schemas included, and this module shapes the events into a `response`
 object: output items (an assistant message with `output_text`, a `function_call` per call), whole or streamed
 as Responses' typed server-sent events (`response.created`, `response.output_text.delta`, ...,
-`response.completed`, or `response.incomplete` when `max_output_tokens` cut the answer). Nothing is stored:
-GET and DELETE of a response id answer 404.
+`response.completed`, or `response.incomplete` when `max_output_tokens` cut the answer). Errors name the
+Responses request's own fields (`input[3].call_id`, `tools[0].name`), not the chat they became. `truncation:
+"auto"` drops the oldest whole turns that do not fit; POST /v1/responses/input_tokens counts a request's input.
+Nothing is stored: GET and DELETE of a response id, and the other stored-state routes, answer 404.
 """
 
 from __future__ import annotations
