@@ -295,6 +295,7 @@ def test_max_tool_calls_caps_the_calls(client):
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice.name", "nope"),
         ({"tools": [WEATHER], "tool_choice": "bogus"}, "tool_choice", '{"type": "function", "name": ...}'),
         ({"input": ["hi"]}, "input[0]", "item object"),
+        ({"input": [{"role": "user", "content": "hi"}] * 5000}, "input", "too many input items"),
     ],
 )
 def test_errors_name_the_responses_fields(http, extra, param, words):

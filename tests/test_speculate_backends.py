@@ -101,17 +101,27 @@ def test_openvino_auto_switches_pipelines_mid_answer_without_changing_it(exact, 
     given what it would otherwise learn: first that long prompts' answers copied nothing and that a plain step
     is slow, so a copy starts plainly and must switch to prompt lookup; then that long prompts' answers copied
     and that drafting is dear, so a new story after a long text starts drafting and must switch to plain
-    decoding. Either way the tokens are plain decoding's (32-bit math), and the streamed text spells them."""
+    decoding. Either way the tokens are plain decoding's (32-bit math), and the streamed text spells them.
+    (The prompts given are of other templates than the copy's and the story's: each shares only the chat
+    preamble with them, so both are planned from what the governor is given.)"""
     ref, load = exact["openvino"]
     story = f"{PARAGRAPH}\n\nNow forget that text and write a new story about a robot who learns to paint."
+    opener = "Write a poem about these words: " + ", ".join(["river", "lantern", "harvest", "copper"] * 12)
     options = {"temperature": 0, "max_tokens": 96}
     with aipc.load(ref, backend="openvino", device="cpu", speculate="off", **load) as model:
         plain = {prompt: list(model.stream(prompt, **options))[-1] for prompt in (COPY, story)}
     with aipc.load(ref, backend="openvino", device="cpu", speculate="auto", **load) as model:
         governor = model._backend._speculator.governor
-        list(model.stream(COPY, **options))  # a long prompt, planned from the prior: opens the prompt-lookup pipeline
+        encoded = [model.encode([{"role": "user", "content": text}]) for text in (COPY, story)]
+        shared = next((i for i, (a, b) in enumerate(zip(*encoded, strict=False)) if a != b), 0)
+        preamble = encoded[0][:shared]  # what every chat prompt starts with
+
+        def given(start: int) -> list[int]:  # a long prompt after the same chat preamble
+            return [*preamble, *range(start, start + 200)]
+
+        list(model.stream(opener, **options))  # a long prompt, planned from the prior: opens the prompt-lookup pipeline
         for start in (2000, 3000, 4000, 6000):  # long prompts whose answers were not in them
-            governor.record("long", list(range(start, start + 200)), list(range(start + 500, start + 600)))
+            governor.record("long", given(start), list(range(start + 500, start + 600)))
         for width, seconds in ((1, 0.5), (5, 0.55), (9, 0.6), (13, 0.65)):
             governor.costs.observe(width, seconds)
         with caplog.at_level(logging.DEBUG, logger="aipc"):
@@ -122,7 +132,7 @@ def test_openvino_auto_switches_pipelines_mid_answer_without_changing_it(exact, 
         _assert_spells(model, deltas, copied)
 
         for start in (2000, 3000, 4000, 6000):  # long prompts whose answers copied them
-            governor.record("long", list(range(start, start + 200)), list(range(start + 20, start + 120)))
+            governor.record("long", given(start), list(range(start + 20, start + 120)))
         governor.costs = speculate.StepCosts()  # checks measured dear
         for width, seconds in ((1, 0.5), (5, 2.0), (9, 3.0), (13, 4.0)):
             governor.costs.observe(width, seconds)

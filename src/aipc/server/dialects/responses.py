@@ -45,9 +45,7 @@ def register(app: FastAPI, state: core.ServerState) -> None:
         """How many tokens a request's input comes to on the model, without generating (the SDK's
         `responses.input_tokens.count`)."""
         state.check_serving()
-        body = openai_protocol.parse(protocol.ResponsesRequest, await core.read_json(request))
-        body.check_supported()
-        messages, origin = body.messages()
+        body, messages, origin = _checked(state, await core.read_json(request))
         tools = body.tool_options()
 
         def count(entry: core.Entry) -> int:  # the whole input, whatever the context holds
@@ -81,11 +79,20 @@ def register(app: FastAPI, state: core.ServerState) -> None:
         raise APIError(404, f"{request.url.path} is not served: this server keeps no responses", param=None)
 
 
-def _prepared(data: Any) -> tuple[protocol.ResponsesRequest, Any]:
-    """The request checked, and the function that prepares its prompt on a model (in a worker thread)."""
+def _checked(state: core.ServerState, data: Any) -> tuple[protocol.ResponsesRequest, list, list[str]]:
+    """The request parsed and checked, and its chat messages with the input field each came from."""
     body = openai_protocol.parse(protocol.ResponsesRequest, data)
     body.check_supported()
+    if isinstance(body.input, list) and len(body.input) > state.settings.max_messages:
+        most = state.settings.max_messages
+        raise APIError(400, f"too many input items: {len(body.input)}, this server takes at most {most}", param="input")
     messages, origin = body.messages()
+    return body, messages, origin
+
+
+def _prepared(state: core.ServerState, data: Any) -> tuple[protocol.ResponsesRequest, Any]:
+    """The request checked, and the function that prepares its prompt on a model (in a worker thread)."""
+    body, messages, origin = _checked(state, data)
     tools = body.tool_options()
     options = body.options()
 
@@ -167,7 +174,7 @@ def _renamed(exc: APIError, origin: list[str]) -> APIError:
 
 async def _respond(state: core.ServerState, request: Request) -> Response:
     state.check_serving()
-    body, prepare = _prepared(await core.read_json(request))
+    body, prepare = _prepared(state, await core.read_json(request))
     entry = await state.acquire(request, body.model)
     if entry is None:
         return core.gone()
