@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter as _now
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openvino_genai as ov_genai
 
@@ -40,9 +40,6 @@ from aipc.store import paths
 from aipc.store.resolve import ModelSource
 
 log = logging.getLogger("aipc")
-
-if TYPE_CHECKING:
-    pass
 
 EMULATE_NPU_ENV = "AIPC_EMULATE_NPU"
 NPU_PREFILL_CHUNK = 256

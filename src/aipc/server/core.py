@@ -241,14 +241,19 @@ def chat_prompt(
 
             session.check(chat.plan, config, can_constrain=model.structured_output, where=model.where)
     except AipcError as exc:
-        first = str(exc).split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0]
-        raise to_api_error(exc, param=first if first in _TOOL_FIELDS else what) from None
+        raise prompt_error(exc, what) from None
     options = dict(options)
     options["max_tokens"] = fit(entry, len(chat.ids), asked, config.max_tokens, what, context_length, within_room)
     return Prepared(chat.ids, options, chat=chat if chat.plan is not None else None)
 
 
 _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+
+
+def prompt_error(exc: AipcError, what: str) -> APIError:
+    """An error preparing a chat prompt, naming the tool field it is about, else `what` (the messages)."""
+    first = str(exc).split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0]
+    return to_api_error(exc, param=first if first in _TOOL_FIELDS else what)
 
 
 def text_prompt(

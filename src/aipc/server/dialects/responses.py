@@ -52,10 +52,7 @@ def register(app: FastAPI, state: core.ServerState) -> None:
             try:
                 return len(entry.model.prepare(messages, **tools).ids)
             except AipcError as exc:
-                field = str(exc).split(" ", 1)[0]
-                raise _renamed(
-                    to_api_error(exc, param="tools" if field.startswith("tool") else "input"), origin
-                ) from None
+                raise _renamed(core.prompt_error(exc, "input"), origin) from None
 
         entry = await state.acquire(request, body.model)
         if entry is None:
@@ -313,13 +310,14 @@ class _Items:
     def __init__(self, shape: _Shape) -> None:
         self.shape = shape
         self.output: list[dict[str, Any]] = []
-        self._message: dict[str, Any] | None = None  # the open message: its id, text and log-probs so far
-        self._deltas: list[TextDelta] = []
+        self._message: dict[str, Any] | None = None  # the open message
+        self._texts: list[str] = []  # its text and log-probs so far, each token's computed once
+        self._logprobs: list[dict[str, Any]] = []
 
     def _open(self) -> bytes:
         index = len(self.output)
         self._message = _message(_id("msg"), "", [], "in_progress")
-        self._deltas = []
+        self._texts, self._logprobs = [], []
         self.output.append(self._message)
         added = self._message | {"content": []}
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -330,10 +328,11 @@ class _Items:
 
     def text(self, delta: TextDelta) -> bytes:
         head = self._open() if self._message is None else b""
-        self._deltas.append(delta)
+        logprobs = self.shape._logprobs([delta])
+        self._texts.append(delta.text)
+        self._logprobs += logprobs
         index = len(self.output) - 1
         where = {"item_id": self._message["id"], "output_index": index, "content_index": 0}
-        logprobs = self.shape._logprobs([delta])
         return head + self.shape._event(
             "response.output_text.delta", where | {"delta": delta.text, "logprobs": logprobs}
         )
@@ -343,8 +342,8 @@ class _Items:
         if message is None:
             return b""
         index = self.output.index(message)
-        text = "".join(d.text for d in self._deltas)
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self.shape._logprobs(self._deltas)}
+        text = "".join(self._texts)
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self._logprobs}
         message |= {"status": status, "content": [part]}
         where = {"item_id": message["id"], "output_index": index, "content_index": 0}
         return b"".join(
