@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 from aipc.convert.synthetic import SHAPES
@@ -28,6 +29,10 @@ def write_random_onnx(out: Path, shape: str, scratch: Path, log: Path, *, seed: 
     hf = _two_layer_checkpoint(scratch / "hf", shape, seed)
     recipe = recipes.recipe_for("onnx", "int4", "cpu", json.loads((hf / "config.json").read_text()))
     targets.export_onnx(hf, out, recipe, log, scratch / "cache")
+    # The fp32 two-layer checkpoint (1.7 GB) is not needed once built: free it before the graph grows to 2.7 GB,
+    # so the peak on disk is the finished model, not both.
+    shutil.rmtree(hf, ignore_errors=True)
+    shutil.rmtree(scratch / "cache", ignore_errors=True)
     _repeat_last_layer(out, dims["num_hidden_layers"], seed)
 
 
