@@ -126,12 +126,16 @@ class Worker:
             self.proc.wait(60)
 
 
-def measure(backend: str, model: str, tasks: list[str], repeats: int, max_tokens: int, say) -> dict:
-    """off and auto on one backend, alternated; per task: medians, acceptance and agreement."""
+def measure(
+    backend: str, model: str, tasks: list[str], repeats: int, max_tokens: int, say, sampling: dict | None = None
+) -> dict:
+    """off and auto on one backend, alternated; per task: medians, acceptance and agreement. `sampling`
+    overrides the model's own defaults (the runs are greedy either way: temperature 0)."""
     workers = {}
     for setting in ("off", "auto"):  # loaded one after the other
         say(f"{backend}: loading {model} speculate={setting}")
-        w = Worker({"model": model, "backend": backend, "device": "cpu", "speculate": setting})
+        load = {"model": model, "backend": backend, "device": "cpu", "speculate": setting}
+        w = Worker({**load, "sampling": sampling} if sampling else load)
         if "error" in w.loaded:
             for other in workers.values():
                 other.close()
@@ -221,8 +225,14 @@ def main() -> int:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--repeats", type=int, default=4, help="measured rounds after one warm-up round")
     ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument(
+        "--repeat-penalty",
+        type=float,
+        help="the repetition penalty for every run (default: the model's own, 1.1 for the embedded model)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    sampling = {"repetition_penalty": args.repeat_penalty} if args.repeat_penalty is not None else None
     tasks = [t for t in args.tasks.split(",") if t]
 
     def say(message: str) -> None:
@@ -237,12 +247,13 @@ def main() -> int:
             from aipc.convert.api import convert
 
             convert("smollm2:135m", *variant, name="smollm2-embedded")
-        results.append(measure(backend, model, tasks, args.repeats, args.max_tokens, say))
+        results.append(measure(backend, model, tasks, args.repeats, args.max_tokens, say, sampling))
     report = {
         "machine": machine.describe(),
         "command": " ".join(["python", *sys.argv]),
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
+        "repeat_penalty": args.repeat_penalty if sampling else "the model's own",
         "results": results,
     }
     print(table(results))
