@@ -21,7 +21,7 @@ from aipc.store.resolve import ModelSource
 # ONNX Runtime GenAI's n-gram option counts the drafted position: ngram_size N matches the last N - 1 tokens,
 # and only that many (it does not back off to shorter matches as aipc's own lookup does). Matching 2 tokens
 # drafted where 3 missed: on the embedded model copying a paragraph at penalty 1, `auto` went from 1.29x to
-# 2.01x plain decoding (docs/benchmarks.md); at its default penalty `auto` drafts nothing either way.
+# 1.8-2.0x plain decoding (docs/benchmarks.md); at its default penalty `auto` drafts nothing either way.
 NGRAM_SIZE = 3
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
