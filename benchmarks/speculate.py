@@ -134,8 +134,7 @@ def measure(
     workers = {}
     for setting in ("off", "auto"):  # loaded one after the other
         say(f"{backend}: loading {model} speculate={setting}")
-        load = {"model": model, "backend": backend, "device": "cpu", "speculate": setting}
-        w = Worker({**load, "sampling": sampling} if sampling else load)
+        w = Worker({"model": model, "backend": backend, "device": "cpu", "speculate": setting, "sampling": sampling})
         if "error" in w.loaded:
             for other in workers.values():
                 other.close()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import aipc
+from aipc.backends import speculate
 from aipc.convert.api import convert
 from aipc.engine.events import Done, TextDelta
 from aipc.errors import ContextLengthError
@@ -28,15 +29,6 @@ def _greedy_ids(model) -> list[tuple[int, ...]]:
         *_, done = model.stream(prompt, raw=True, max_tokens=32, **GREEDY)
         out.append(done.token_ids)
     return out
-
-
-def _common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +61,7 @@ def test_16_bit_formats_agree_with_the_reference(phi3_fixtures, reference_ids, t
     variant = convert(str(phi3_fixtures["tiny"]), to, precision, name="fx-tiny")
     with aipc.load(variant.ref, backend=backend, **load) as model:
         got = _greedy_ids(model)
-    prefixes = [_common_prefix(a, b) for a, b in zip(reference_ids, got, strict=True)]
+    prefixes = [speculate.common_prefix(a, b) for a, b in zip(reference_ids, got, strict=True)]
     assert all(p >= min(8, len(r)) for p, r in zip(prefixes, reference_ids, strict=True)), prefixes
     assert sum(prefixes) >= 0.9 * sum(len(r) for r in reference_ids), prefixes
 

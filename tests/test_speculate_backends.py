@@ -113,8 +113,7 @@ def test_openvino_auto_switches_pipelines_mid_answer_without_changing_it(exact, 
     with aipc.load(ref, backend="openvino", device="cpu", speculate="auto", **load) as model:
         governor = model._backend._speculator.governor
         encoded = [model.encode([{"role": "user", "content": text}]) for text in (COPY, story)]
-        shared = next((i for i, (a, b) in enumerate(zip(*encoded, strict=False)) if a != b), 0)
-        preamble = encoded[0][:shared]  # what every chat prompt starts with
+        preamble = encoded[0][: speculate.common_prefix(*encoded)]  # what every chat prompt starts with
 
         def given(start: int) -> list[int]:  # a long prompt after the same chat preamble
             return [*preamble, *range(start, start + 200)]

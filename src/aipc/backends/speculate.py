@@ -319,7 +319,7 @@ class Governor:
         self._lock = threading.Lock()
 
     def _shared(self, prompt: Sequence[int]) -> int:
-        return _common_prefix(self._previous, prompt)
+        return common_prefix(self._previous, prompt)
 
     def _measured(self, kind: str, prompt: Sequence[int]) -> list:
         """The measured positions a request is planned from: those of earlier requests of its template where
@@ -328,7 +328,7 @@ class Governor:
         task after the same chat preamble are planned apart, though both are long prompts."""
         entries = [(head, runs) for k, head, runs in self._recent if k == kind]
         if len(entries) >= 2:
-            shared = [_common_prefix(head, prompt) for head, _ in entries]
+            shared = [common_prefix(head, prompt) for head, _ in entries]
             floor = min(shared)
             mine = [runs for n, (_, runs) in zip(shared, entries, strict=True) if n >= floor + TEMPLATE_PREFIX]
             if 0 < len(mine) < len(entries):
@@ -392,7 +392,8 @@ class Governor:
         return Stepper(self, kind, prompt, width, fixed=seeded)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

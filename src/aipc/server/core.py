@@ -116,6 +116,12 @@ class ServerState:
         if self.draining:
             raise unavailable("the server is shutting down", "shutting_down")
 
+    def check_count(self, count: int, noun: str, param: str) -> None:
+        """At most --max-messages messages (or input items) in one request."""
+        most = self.settings.max_messages
+        if count > most:
+            raise APIError(400, f"too many {noun}: {count}, this server takes at most {most}", param=param)
+
     def check_name(self, name: str | None) -> str:
         """A request's model name, validated (None: the default model)."""
         from aipc.server import library

@@ -235,12 +235,7 @@ def _param(name: str) -> str:
 
 
 def _chat_prepare(state: core.ServerState, body: Any, options: dict, asked: int | None, ctx: int | None) -> Callable:
-    if len(body.messages) > state.settings.max_messages:
-        raise APIError(
-            400,
-            f"too many messages: {len(body.messages)}, this server takes at most {state.settings.max_messages}",
-            param="messages",
-        )
+    state.check_count(len(body.messages), "messages", "messages")
     messages = _chat_messages(body.messages)
     tools = {"tools": body.tools} if body.tools else None
 

@@ -22,7 +22,7 @@ from aipc.errors import AipcError
 from aipc.server import core, embedding, errors
 from aipc.server.dialects import openai_protocol as protocol
 from aipc.server.dialects.openai_logprobs import CompletionLogprobs, TokenNames, chat_content, merge
-from aipc.server.errors import APIError, json_bytes, sse_error
+from aipc.server.errors import json_bytes, sse_error
 
 # Request fields that GenerationConfig's option names come from, to name them in errors.
 _PARAM_OF_OPTION = {"json_schema": "response_format"}
@@ -239,12 +239,7 @@ def _base_seed(options: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def _chat_jobs(state: core.ServerState, body: protocol.ChatRequest) -> list[Any]:
-    if len(body.messages) > state.settings.max_messages:
-        raise APIError(
-            400,
-            f"too many messages: {len(body.messages)}, this server takes at most {state.settings.max_messages}",
-            param="messages",
-        )
+    state.check_count(len(body.messages), "messages", "messages")
     messages = body.chat_messages()
     extra = {}
     if body.response_format is not None and (schema := body.response_format.schema_text()) is not None:

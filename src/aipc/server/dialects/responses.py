@@ -80,9 +80,8 @@ def _checked(state: core.ServerState, data: Any) -> tuple[protocol.ResponsesRequ
     """The request parsed and checked, and its chat messages with the input field each came from."""
     body = openai_protocol.parse(protocol.ResponsesRequest, data)
     body.check_supported()
-    if isinstance(body.input, list) and len(body.input) > state.settings.max_messages:
-        most = state.settings.max_messages
-        raise APIError(400, f"too many input items: {len(body.input)}, this server takes at most {most}", param="input")
+    if isinstance(body.input, list):
+        state.check_count(len(body.input), "input items", "input")
     messages, origin = body.messages()
     return body, messages, origin
 
