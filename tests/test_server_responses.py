@@ -142,8 +142,13 @@ def test_a_function_call_round_trip(client):
         *[item.model_dump(exclude_none=True) for item in reply.output],  # resent as the client got them
         *[{"type": "function_call_output", "call_id": c.call_id, "output": "Sunny, 21 C"} for c in calls],
     ]
-    answer = client.responses.create(model=MODEL, input=history, tools=[WEATHER], tool_choice="none", temperature=0)
-    assert answer.status == "completed" and answer.output_text.strip()
+    # The round trip is what is tested, not whether the 135M model's greedy answer ends: on another CPU's kernels it
+    # can loop (a CI machine's did), so the answer is capped and a cut answer must say why.
+    answer = client.responses.create(
+        model=MODEL, input=history, tools=[WEATHER], tool_choice="none", temperature=0, max_output_tokens=64
+    )
+    assert answer.output_text.strip() and answer.usage.input_tokens > reply.usage.input_tokens
+    assert answer.status == "completed" or answer.incomplete_details.reason == "max_output_tokens"
     assert [item.type for item in answer.output] == ["message"]
 
 
