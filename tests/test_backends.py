@@ -149,6 +149,30 @@ def test_unseeded_sampling_draws_afresh_for_every_request(embedded_on, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_top_k_0_samples_from_the_whole_vocabulary(embedded_on, backend):
+    """0 turns top_k off everywhere: ONNX Runtime GenAI once fell back to its genai_config.json's top_k of 50."""
+    model = embedded_on(backend)
+    firsts = set()
+    for seed in range(64):
+        *_, done = model.stream(
+            "The quick brown", raw=True, max_tokens=1, temperature=3.0, top_k=0, top_p=1.0, seed=seed
+        )
+        firsts.add(done.token_ids[0])
+    assert len(firsts) > 50, len(firsts)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_p_keeps_only_tokens_near_the_most_likely(embedded_on, backend):
+    """min_p 1 keeps only the most likely token, so even at a high temperature every seed draws the greedy
+    answer (the penalty applies the same to both); without it, that temperature does not."""
+    model = embedded_on(backend)
+    greedy = model.generate(PARIS_QUESTION, temperature=0, max_tokens=12)
+    hot = {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "max_tokens": 12}
+    assert {model.generate(PARIS_QUESTION, seed=s, min_p=1.0, **hot) for s in range(3)} == {greedy}
+    assert any(model.generate(PARIS_QUESTION, seed=s, **hot) != greedy for s in range(3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_token_bytes_spell_the_text_even_where_a_token_holds_part_of_a_character(embedded_on, backend):
     """What log-probs report as each token's bytes: joined, the text's UTF-8, though an emoji's tokens have no
     text of their own."""

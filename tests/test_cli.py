@@ -70,6 +70,7 @@ def test_prompt_from_a_pipe():
         (["--temperature", "nan"], "temperature must be a finite number >= 0 (0 is greedy), got nan"),
         (["--top-p", "0"], "top_p must be a number in (0, 1]"),
         (["--top-p", "1.5"], "top_p must be a number in (0, 1]"),
+        (["--min-p", "1.5"], "min_p must be a number from 0 to 1 (0 disables it), got 1.5"),
         (["--max-tokens", "many"], "argument --max-tokens: invalid int value: 'many'"),
         (["--device", "tpu"], "unknown device 'tpu': valid devices are auto, cpu, gpu, npu"),
         (["--device", "gpu"], "device 'gpu' is not available to openvino (present: cpu)"),

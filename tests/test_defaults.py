@@ -57,6 +57,7 @@ def test_gguf_sampling_keys_are_read(tmp_path):
     writer.add_float32("general.sampling.temp", 0.5)
     writer.add_uint32("general.sampling.top_k", 64)
     writer.add_float32("general.sampling.penalty_repeat", 1.05)
+    writer.add_float32("general.sampling.min_p", 0.05)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
@@ -64,7 +65,9 @@ def test_gguf_sampling_keys_are_read(tmp_path):
     assert found.values["temperature"] == pytest.approx(0.5)
     assert found.values["top_k"] == 64
     assert found.values["repetition_penalty"] == pytest.approx(1.05)
+    assert found.values["min_p"] == pytest.approx(0.05)
     assert found.values["top_p"] == 0.9  # not in the file: Ollama's
+    assert "min_p 0.05" in found.summary() and "min_p" not in defaults.resolve(resolve("smollm2:135m")).summary()
     assert found.origins["top_k"] == "the GGUF's general.sampling"
 
 

@@ -1,5 +1,5 @@
-"""aipc's own sampler (llama.cpp's backend samples with it): the repetition penalty, temperature, top_k, top_p and
-draws mean what GenerationConfig says, and transformers agrees."""
+"""aipc's own sampler (llama.cpp's backend samples with it): the repetition penalty, temperature, top_k, top_p,
+min_p and draws mean what GenerationConfig says, and transformers agrees."""
 
 from __future__ import annotations
 
@@ -25,19 +25,50 @@ def test_the_penalty_covers_the_prompt_and_the_answer_ctrl_style():
     assert Sampler(GenerationConfig(temperature=0, repetition_penalty=1.0), [0, 2], vocab_size=5)(logits) == 0
 
 
-def test_top_k_and_top_p_keep_what_transformers_keeps():
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"temperature": 0.7, "top_k": 10, "top_p": 0.8},
+        {"temperature": 0.7, "top_k": 10, "top_p": 0.8, "min_p": 0.1},
+        {"temperature": 1.5, "top_k": 0, "top_p": 0.95, "min_p": 0.05},
+        {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.3},
+    ],
+)
+def test_top_k_top_p_and_min_p_keep_what_transformers_keeps(options):
     torch = pytest.importorskip("torch", reason="transformers is the reference for the filters")
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers.generation import logits_process as lp
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=64).astype(np.float32) * 3
-    config = GenerationConfig(temperature=0.7, top_k=10, top_p=0.8, repetition_penalty=1.0, seed=0)
+    config = GenerationConfig(repetition_penalty=1.0, seed=0, **options)
     scores = torch.tensor(logits)[None]
-    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(10), TopPLogitsWarper(0.8)):
+    warpers = [lp.TemperatureLogitsWarper(config.temperature), lp.TopPLogitsWarper(config.top_p)]
+    if config.top_k:
+        warpers.insert(1, lp.TopKLogitsWarper(config.top_k))
+    if config.min_p:
+        warpers.append(lp.MinPLogitsWarper(config.min_p))
+    for warper in warpers:
         scores = warper(None, scores)
     allowed = set(np.flatnonzero(np.isfinite(scores[0].numpy())).tolist())
-    drawn = {Sampler(config.updated(seed=s), [], vocab_size=64)(logits) for s in range(400)}
+    drawn = {Sampler(config.updated(seed=s), [], vocab_size=64)(logits) for s in range(600)}
     assert drawn == allowed  # every token transformers keeps is drawn sometimes, and nothing else
+    assert len(allowed) > 1
+
+
+def test_min_p_for_a_runtime_that_samples_itself_masks_what_the_sampler_would_drop():
+    """ONNX Runtime GenAI applies the penalty, temperature and top_p itself; min_p reaches it as -inf logits,
+    judged after the penalty, so that its draws keep the same tokens aipc's sampler keeps."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=200).astype(np.float32) * 2
+    prompt = np.argsort(-logits)[:6].tolist()  # the most likely tokens, penalised: the order changes
+    config = GenerationConfig(temperature=0.8, top_k=0, top_p=1.0, min_p=0.2, repetition_penalty=1.6)
+    prepared = Sampler(config, prompt, 200).prepared(logits)
+    kept = set(np.flatnonzero(np.isfinite(prepared)).tolist())
+    assert np.array_equal(prepared[list(kept)], logits[list(kept)])  # the rest is left as the runtime gave it
+    drawn = {Sampler(config.updated(seed=s), prompt, 200)(logits) for s in range(600)}
+    assert drawn == kept and 1 < len(kept) < 200
+    greedy = Sampler(config.updated(temperature=0), prompt, 200).prepared(logits)
+    assert np.isfinite(greedy).all()  # greedy decoding needs no mask
 
 
 def test_a_seed_repeats_its_draws_and_no_seed_varies():
@@ -62,6 +93,7 @@ def test_a_seed_repeats_its_draws_and_no_seed_varies():
         {"temperature": 1.0, "top_k": 0, "top_p": 0.8},
         {"temperature": 0.5, "top_k": 5, "top_p": 1.0},
         {"temperature": 1.3, "top_k": 0, "top_p": 1.0},
+        {"temperature": 0.7, "top_k": 40, "top_p": 0.9, "min_p": 0.05},
     ],
 )
 def test_a_draw_from_a_shortlist_is_the_draw_from_the_whole_vocabulary(options):
@@ -82,7 +114,9 @@ def test_a_draw_from_a_shortlist_is_the_draw_from_the_whole_vocabulary(options):
         if got is not None:
             settled += 1
             assert got == expected, (trial, options)
-    if options["temperature"] == 0 or options["top_k"]:
+    if options.get("min_p"):  # min_p's threshold may lie among the unchecked tokens: always a full check
+        assert settled == 0
+    elif options["temperature"] == 0 or options["top_k"]:
         assert settled >= 100, settled
     elif options["top_p"] < 1:  # flat random logits: the unchecked tokens' mass often could move the nucleus
         assert settled >= 10, settled

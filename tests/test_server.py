@@ -177,6 +177,14 @@ def test_stop_strings_and_max_tokens(client):
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 5
 
 
+def test_min_p_as_vllm_and_llama_cpp_servers_take_it(client):
+    """min_p 1 keeps only the most likely token: a hot sample is then the greedy answer."""
+    ask = {"model": "smollm2:135m", "messages": [{"role": "user", "content": PARIS_QUESTION}], "max_tokens": 10}
+    greedy = client.chat.completions.create(**ask, temperature=0).choices[0].message.content
+    hot = client.chat.completions.create(**ask, temperature=1.5, top_p=1.0, extra_body={"min_p": 1.0, "top_k": 0})
+    assert hot.choices[0].message.content == greedy
+
+
 def test_json_schema_response_format_constrains_the_answer(client):
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     reply = client.chat.completions.create(
@@ -256,6 +264,7 @@ def test_openai_client_sees_each_error_as_its_exception(client, kwargs, error, p
         (chat_body(modalities=["text", "audio"]), "modalities", "audio output"),
         (chat_body(web_search_options={}), "web_search_options", "does not search"),
         (chat_body(top_k=10**12), "top_k", "less than or equal to"),
+        (chat_body(min_p=1.5), "min_p", "less than or equal to 1"),
         (chat_body(max_tokens=10**9), "messages", "maximum context length is 8192 tokens"),
         (chat_body(max_tokens=10**12), "max_tokens", "an integer from 1 to 2147483647"),
         ('{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature", "got NaN"),

@@ -122,6 +122,10 @@ def test_options_reach_the_engine(client):
         for _ in range(2)
     ]
     assert seeded[0].message.content == seeded[1].message.content  # the same seed samples the same answer
+    # min_p 1 keeps only the most likely token: at any temperature, the greedy answer
+    greedy = client.chat(model=MODEL, messages=PARIS, options={"temperature": 0, "num_predict": 10})
+    hot = {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "min_p": 1.0, "num_predict": 10}
+    assert client.chat(model=MODEL, messages=PARIS, options=hot).message.content == greedy.message.content
     with pytest.raises(ollama.ResponseError) as info:  # num_ctx narrows the context for this request
         client.chat(
             model=MODEL, messages=[{"role": "user", "content": "Tell me about Paris. " * 20}], options={"num_ctx": 64}
@@ -154,6 +158,7 @@ def test_format_json_schema_constrains_the_answer(client):
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, 400, "images"),
         ({"model": MODEL, "messages": PARIS, "options": {"temperature": "hot"}}, 400, "options.temperature"),
         ({"model": MODEL, "messages": PARIS, "options": {"mirostat": 2}}, 400, "mirostat"),
+        ({"model": MODEL, "messages": PARIS, "options": {"min_p": 1.5}}, 400, "min_p must be a number from 0 to 1"),
         ({"model": MODEL, "messages": PARIS, "keep_alive": "forever"}, 400, "keep_alive must be a duration"),
         ({"model": MODEL, "messages": PARIS, "think": True}, 400, "thinking"),
         ({"model": MODEL, "messages": PARIS, "format": {"type": "frobnitz"}}, 400, "frobnitz"),

@@ -162,6 +162,7 @@ SYSTEM """You are a pirate.
 Answer in one line."""
 PARAMETER temperature 0
 PARAMETER num_predict 5
+PARAMETER min_p 0.05
 PARAMETER stop "<|im_end|>"
 PARAMETER stop "Arr"
 TEMPLATE """{% for m in messages %}<|im_start|>{{ m['role'] }}
@@ -184,13 +185,14 @@ def test_create_from_a_modelfile_applies_system_template_and_parameters(fresh, t
     assert "created pirate from smollm2:135m" in made.stdout
     shown = run_cli("show", "pirate", env=fresh).stdout
     assert "made from smollm2:135m" in shown and "You are a pirate." in shown and "num_predict     5" in shown
+    assert "min_p           0.05" in shown
     assert "architecture      llama" in shown  # the base's facts
     modelfile = run_cli("show", "pirate", "--modelfile", env=fresh).stdout
     assert "FROM smollm2:135m" in modelfile and "PARAMETER num_predict 5" in modelfile
 
     monkeypatch.setenv("AIPC_HOME", fresh["AIPC_HOME"])
     with aipc.load("pirate", backend="llamacpp", device="cpu") as model:
-        assert model.defaults.temperature == 0 and model.defaults.max_tokens == 5
+        assert model.defaults.temperature == 0 and model.defaults.max_tokens == 5 and model.defaults.min_p == 0.05
         assert model.defaults.stop == ("<|im_end|>", "Arr")
         prompt = model.format([{"role": "user", "content": "Hello"}])
         assert prompt.startswith("<|im_start|>system\nYou are a pirate.\nAnswer in one line.<|im_end|>")
@@ -211,6 +213,7 @@ def test_create_from_a_modelfile_applies_system_template_and_parameters(fresh, t
         ("FROM smollm2\nTEMPLATE {% for m in messages %}", "TEMPLATE: chat template"),
         ("FROM smollm2\nPARAMETER temperature hot", "line 2: PARAMETER temperature takes a number, got 'hot'"),
         ("FROM smollm2\nPARAMETER top_p 3", "top_p must be a number in (0, 1]"),
+        ("FROM smollm2\nPARAMETER min_p 2", "min_p must be a number from 0 to 1"),
         ("FROM smollm2\nPARAMETER mirostat 1", "unknown parameter 'mirostat'"),
         ("FROM smollm2\nFOO bar", "line 2: unknown instruction 'FOO'"),
         ("SYSTEM hi", "no FROM line"),

@@ -29,6 +29,7 @@ from aipc.backends.base import (
     folder_special_tokens,
     tokenizer_json_bytes,
 )
+from aipc.backends.sampling import Sampler
 from aipc.engine.config import GenerationConfig, LoadConfig
 from aipc.engine.events import Finished, TextDelta
 from aipc.engine.logprobs import logprobs_from_logits
@@ -165,7 +166,10 @@ class OnnxRuntimeModel:
         n_prompt = len(ids)
         max_tokens = fit_to_context(n_prompt, self._context, config.max_tokens)
         k = config.logprobs
-        shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias)
+        # OpenAI's penalties, logit_bias and min_p are applied here, to logits read between steps (`Sampler.prepared`)
+        shaping = bool(config.presence_penalty or config.frequency_penalty or config.logit_bias) or (
+            config.min_p > 0 and not config.greedy
+        )
         seeded = config.seed is not None and not config.greedy
         # llguidance, like logits read or shaped between steps, wants one token per step
         kind, speculative = self._speculation(ids, seeded, k is not None or shaping or config.json_schema is not None)
@@ -181,7 +185,7 @@ class OnnxRuntimeModel:
         times: list[float] = []
         reason = "length"
         end_logprob = None
-        bias = _bias_arrays(config.logit_bias)
+        sampler = None
         while not generator.is_done():
             if cancel.is_set():
                 reason = "cancelled"
@@ -189,13 +193,16 @@ class OnnxRuntimeModel:
             logits = None
             if k is not None or shaping:  # the logits the next token is chosen from
                 logits = np.array(generator.get_logits(), dtype=np.float32).reshape(-1)
-            if shaping:  # OpenAI's penalties and logit_bias, applied to those logits before the search
-                generator.set_logits(_shaped(logits, produced, config, bias)[None, :])
+            if shaping:  # applied to those logits before the search, which then does the rest
+                sampler = sampler or Sampler(config, ids, logits.size)
+                generator.set_logits(sampler.prepared(logits)[None, :])
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             times.append(_now())
             generated += 1
             produced.append(token)
+            if sampler is not None:
+                sampler.accept(token)
             logprob = (logprobs_from_logits(logits, token, k),) if k is not None else ()
             if token in self._stop_ids and not config.ignore_eos:
                 reason = "stop"
@@ -260,9 +267,9 @@ class OnnxRuntimeModel:
         if config.ignore_eos:
             options["min_length"] = self._context
         if not config.greedy:
-            options |= {"temperature": config.temperature, "top_p": config.top_p}
-            if config.top_k:
-                options["top_k"] = config.top_k
+            # top_k always: 0 turns it off in ONNX Runtime GenAI too, but left out, genai_config.json's applies
+            # (the model builder writes 50)
+            options |= {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
             if config.seed is not None:
                 options["random_seed"] = config.seed
         key = (tuple(sorted(options.items())), tuple(sorted((speculative or {}).items())), config.json_schema)
@@ -309,23 +316,6 @@ class OnnxRuntimeModel:
     def close(self) -> None:
         self._generator = None
         self._model = None
-
-
-def _bias_arrays(bias: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray([i for i, _ in bias], dtype=np.int64), np.asarray([b for _, b in bias], dtype=np.float32)
-
-
-def _shaped(logits: np.ndarray, produced: list[int], config: GenerationConfig, bias) -> np.ndarray:
-    """logit[t] - frequency * count(t) - presence * (count(t) > 0) + logit_bias[t], counting generated tokens."""
-    out = logits.copy()
-    if produced and (config.presence_penalty or config.frequency_penalty):
-        ids, counts = np.unique(np.asarray(produced, dtype=np.int64), return_counts=True)
-        out[ids] -= config.frequency_penalty * counts + config.presence_penalty
-    ids, values = bias
-    if len(ids):
-        keep = ids < out.shape[0]
-        out[ids[keep]] += values[keep]
-    return out
 
 
 class OnnxRuntimeScorer:

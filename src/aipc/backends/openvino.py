@@ -51,6 +51,8 @@ _TOKENIZE_CHARS = 2000
 _KV_PRECISION = {"f32": "f32", "f16": "f16", "q8": "u8"}
 # Tokens per paged-attention block: the CPU plugin's block size (the GPU's is smaller), used to size the cache.
 KV_BLOCK = 32
+# The largest float32 under 1 (OpenVINO refuses a min_p of 1)
+_FLOAT32_BELOW_1 = 0.99999994
 _FINISH = {
     ov_genai.GenerationFinishReason.STOP: "stop",
     ov_genai.GenerationFinishReason.LENGTH: "length",
@@ -347,6 +349,8 @@ class OpenVINOModel:
             gc.top_p = cfg.top_p
             if cfg.top_k:
                 gc.top_k = cfg.top_k
+            # OpenVINO takes min_p below 1; the float32 just under it keeps the same tokens (ties with the best)
+            gc.min_p = min(cfg.min_p, _FLOAT32_BELOW_1)
             # OpenVINO's own default seed is 0, which would draw the same answer for every unseeded request.
             gc.rng_seed = _seed32(cfg.seed) if cfg.seed is not None else secrets.randbits(32)
         if cfg.json_schema is not None:

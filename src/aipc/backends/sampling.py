@@ -2,7 +2,7 @@
 
 `GenerationConfig` defines one sampling for every backend: the repetition penalty over the distinct tokens of
 the whole sequence (prompt and answer so far; CTRL's rule: positive logits divided by it, negative ones
-multiplied), then temperature, top_k, top_p, then a draw; OpenAI's presence and frequency penalties and
+multiplied), then temperature, top_k, top_p, min_p, then a draw; OpenAI's presence and frequency penalties and
 logit_bias, where a request sets them, shape the logits before all that. transformers, OpenVINO GenAI and ONNX
 Runtime GenAI sample that way themselves. llama-cpp-python's `Llama.generate` does not: its penalty sees only
 the last 64 generated tokens (never the prompt) and its chain applies top_k/top_p before the temperature. The
@@ -27,6 +27,7 @@ class Sampler:
         self._temperature = float(config.temperature)
         self._top_k = int(config.top_k)
         self._top_p = float(config.top_p)
+        self._min_p = float(config.min_p)
         self._penalty = float(config.repetition_penalty)
         self._seen = np.zeros(vocab_size, dtype=bool)
         ids = np.fromiter((int(t) for t in prompt), dtype=np.int64)
@@ -57,6 +58,22 @@ class Sampler:
         x = np.array(logits, dtype=np.float32, copy=True)
         if self._shaping:
             x = shaped(x, self._produced, self._presence, self._frequency, self._bias)
+        return self._repeat_penalized(x)
+
+    def prepared(self, logits: np.ndarray) -> np.ndarray:
+        """For a runtime that applies the repetition penalty, temperature, top_k and top_p itself: the logits with
+        OpenAI's shaping applied and the tokens min_p drops (judged as `pick` would, after the penalty and the
+        temperature) at -inf, which the penalty leaves there."""
+        x = np.array(logits, dtype=np.float32, copy=True)
+        if self._shaping:
+            x = shaped(x, self._produced, self._presence, self._frequency, self._bias)
+        if self._min_p > 0 and not self._greedy:
+            # p_i >= min_p * p_max  <=>  logit_i >= logit_max + temperature * ln(min_p), after the penalty
+            penalized = self._repeat_penalized(x.copy())
+            x[penalized < penalized.max() + self._temperature * np.log(self._min_p)] = -np.inf
+        return x
+
+    def _repeat_penalized(self, x: np.ndarray) -> np.ndarray:
         if self._penalty != 1.0:
             seen = x[self._seen]
             x[self._seen] = np.where(seen < 0, seen * self._penalty, seen / self._penalty)
@@ -74,8 +91,8 @@ class Sampler:
         not settle the draw. Greedy: the best known one. Sampling: settled when the known ones hold the top_k
         candidates, or when the top_p nucleus is the same whatever mass the unchecked tokens could add (up to
         rounding in the final normalisation)."""
-        if known.size == 0:
-            return None
+        if known.size == 0 or (self._min_p > 0 and not self._greedy):
+            return None  # min_p's threshold needs the most likely allowed token, which may be unchecked
         if self._greedy:
             return int(known[np.argmax(x[known])])
         k = self._top_k if 0 < self._top_k < x.size else 0
@@ -122,6 +139,10 @@ class Sampler:
         if self._top_p < 1.0:
             # The smallest set of most likely tokens whose probability reaches top_p (at least one).
             keep = int(np.searchsorted(np.cumsum(probs), self._top_p)) + 1
+            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        if self._min_p > 0:
+            # The tokens at least min_p times as likely as the best; probs are sorted, so they lead.
+            keep = int(np.count_nonzero(probs >= self._min_p * probs[0]))
             order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
         return int(order[self._rng.choice(order.size, p=probs)])
 

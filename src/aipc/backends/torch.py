@@ -138,6 +138,7 @@ class TorchModel:
                 "temperature": config.temperature,
                 "top_p": config.top_p,
                 "top_k": config.top_k or None,
+                "min_p": config.min_p or None,
             }
         input_ids = torch.tensor([ids], device=self._device)
 

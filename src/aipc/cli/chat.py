@@ -47,6 +47,7 @@ HELP_PARAMETERS = """Available Parameters:
   /set parameter num_predict <int>        Max number of tokens to predict
   /set parameter top_k <int>              Pick from top k num of tokens
   /set parameter top_p <float>            Pick token based on sum of probabilities
+  /set parameter min_p <float>            Pick tokens at least this share as likely as the best
   /set parameter num_ctx <int>            Set the context size (at most the model's)
   /set parameter temperature <float>      Set creativity level
   /set parameter repeat_penalty <float>   How strongly to penalize repetitions

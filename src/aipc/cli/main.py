@@ -106,6 +106,12 @@ def _add_run(sub) -> None:
         help=f"sample from the K most likely tokens (>= 0; 0 disables; default {ht.default_value('top_k')})",
     )
     run.add_argument(
+        "--min-p",
+        type=float,
+        help="keep only tokens at least this share as likely as the most likely one, in [0, 1] (0 disables; "
+        "default: the model's, else 0)",
+    )
+    run.add_argument(
         "--repeat-penalty",
         type=float,
         help=f"penalise tokens already in the prompt or answer (> 0; 1 is off; default: the model's, see below, else "
@@ -312,7 +318,7 @@ def _add_create(sub) -> None:
         "create",
         help="create a model from a Modelfile: a base model with its own defaults, system prompt, template",
         description="Create NAME from a Modelfile (Ollama's format): FROM (a model name, NAME@VARIANT or a "
-        "path), SYSTEM, PARAMETER (temperature, top_p, top_k, seed, num_predict, repeat_penalty, stop, "
+        "path), SYSTEM, PARAMETER (temperature, top_p, top_k, min_p, seed, num_predict, repeat_penalty, stop, "
         "num_ctx), TEMPLATE (a Jinja2 chat template, as Hugging Face models ship; Ollama's Go templates are "
         "refused), LICENSE, MESSAGE. No weights are copied: NAME runs its base with these settings.",
     )

@@ -149,6 +149,7 @@ def generation_options(args: argparse.Namespace) -> dict:
         "temperature": "temperature",
         "top_p": "top_p",
         "top_k": "top_k",
+        "min_p": "min_p",
         "seed": "seed",
         "repeat_penalty": "repetition_penalty",
         "stop": "stop",

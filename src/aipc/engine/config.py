@@ -85,7 +85,9 @@ class GenerationConfig:
     """Per-request sampling options. temperature 0 means greedy decoding.
 
     The defaults are Ollama's (a model's own recommendations override them: `aipc.engine.defaults`). Sampling
-    is the same on every backend: the repetition penalty first, then temperature, top_k, top_p, then a draw.
+    is the same on every backend: the repetition penalty first, then temperature, top_k, top_p, min_p, then a
+    draw. min_p keeps the tokens whose probability (after temperature) is at least min_p times the most likely
+    one's, as in llama.cpp, Ollama, vLLM and transformers; 0 turns it off.
     repetition_penalty is the CTRL paper's, as transformers, OpenVINO GenAI and ONNX Runtime GenAI define it:
     the logit of every distinct token already in the sequence (the prompt and the answer so far) is divided by
     the penalty when positive and multiplied by it when negative; 1 turns it off."""
@@ -94,6 +96,7 @@ class GenerationConfig:
     temperature: float = 0.8
     top_p: float = 0.9
     top_k: int = 40
+    min_p: float = 0.0
     seed: int | None = None
     repetition_penalty: float = 1.1
     stop: tuple[str, ...] = field(default_factory=tuple)
@@ -123,6 +126,8 @@ class GenerationConfig:
         object.__setattr__(self, "top_p", max(float(self.top_p), MIN_TOP_P))
         hint = f"an integer from 0 to {MAX_COUNT} (0 disables it)"
         _check_int("top_k", self.top_k, low=0, high=MAX_COUNT, hint=hint)
+        _check_float("min_p", self.min_p, ok=lambda v: 0 <= v <= 1, hint="a number from 0 to 1 (0 disables it)")
+        object.__setattr__(self, "min_p", float(self.min_p))
         if self.seed is not None:
             _check_int("seed", self.seed, low=0, high=MAX_SEED, hint=f"an integer from 0 to {MAX_SEED}")
         _check_float("repetition_penalty", self.repetition_penalty, ok=lambda v: v > 0, hint="a finite number > 0")

@@ -6,7 +6,7 @@ aipc starts from Ollama's defaults, which carry one, and lets better-informed va
 1. the catalog's curated values for the model (`aipc.store.catalog`, the authors' published recommendations);
 2. the model's own files: `generation_config.json` in a model folder, or the `general.sampling.*` keys that
    llama.cpp's converter writes into a GGUF file;
-3. Ollama's defaults: temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1 (its min_p 0.0 is a no-op).
+3. Ollama's defaults: temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1, min_p 0 (off).
 
 `for_source(source)` is what `aipc.load` applies and what `aipc show` can print; `resolve` says where each value
 came from, for `--verbose`. Model files are untrusted: a value that is not a valid setting is ignored.
@@ -25,7 +25,7 @@ from aipc.errors import InvalidConfigError, UsageError
 log = logging.getLogger("aipc")
 
 # The sampling options a model's defaults may set (GenerationConfig names), in the order they are shown.
-OPTIONS = ("temperature", "top_k", "top_p", "repetition_penalty")
+OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 # Ollama's api.DefaultOptions (temperature, top_k, top_p, repeat_penalty), checked against its source.
 OLLAMA = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1}
 ORIGIN_BASE = "Ollama's defaults"
@@ -35,6 +35,7 @@ _HF_KEYS = {
     "temperature": "temperature",
     "top_k": "top_k",
     "top_p": "top_p",
+    "min_p": "min_p",
     "repetition_penalty": "repetition_penalty",
 }
 # GGUF general.sampling.* key -> option (llama.cpp's names)
@@ -42,6 +43,7 @@ _GGUF_KEYS = {
     "general.sampling.temp": "temperature",
     "general.sampling.top_k": "top_k",
     "general.sampling.top_p": "top_p",
+    "general.sampling.min_p": "min_p",
     "general.sampling.penalty_repeat": "repetition_penalty",
 }
 # How the command line and Ollama name the options, for the one-line summary.
@@ -68,7 +70,10 @@ class SamplingDefaults:
                 f"{_SHOWN.get(k, k)} {values[k]:g}" for k in ("repetition_penalty",) if k in values
             ]
         else:
-            shown = [f"{_SHOWN.get(k, k)} {values[k]:g}" for k in OPTIONS if k in values]
+            # min_p 0 is off, as it is unless a model or a request sets it: not worth a mention
+            shown = [
+                f"{_SHOWN.get(k, k)} {values[k]:g}" for k in OPTIONS if k in values and (values[k] or k != "min_p")
+            ]
         where = sorted({self.origins.get(k, ORIGIN_BASE) for k in self.values if k not in overrides})
         note = f"{self.model or 'model'} defaults" if where else ""
         if where and where != [ORIGIN_BASE]:
@@ -80,7 +85,7 @@ class SamplingDefaults:
 
 def for_source(source) -> dict[str, Any]:
     """The effective default sampling values for a `ModelSource`: what `aipc.load` applies to every request
-    that does not set them (GenerationConfig option names: temperature, top_k, top_p, repetition_penalty)."""
+    that does not set them (GenerationConfig option names: temperature, top_k, top_p, min_p, repetition_penalty)."""
     return dict(resolve(source).values)
 
 

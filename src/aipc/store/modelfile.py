@@ -27,6 +27,7 @@ PARAMETERS = {
     "temperature": ("temperature", float),
     "top_p": ("top_p", float),
     "top_k": ("top_k", int),
+    "min_p": ("min_p", float),
     "seed": ("seed", int),
     "num_predict": ("max_tokens", int),
     "repeat_penalty": ("repetition_penalty", float),

@@ -39,6 +39,7 @@ _PARAM = {
     "temperature": "options.temperature",
     "top_p": "options.top_p",
     "top_k": "options.top_k",
+    "min_p": "options.min_p",
     "seed": "options.seed",
     "stop": "options.stop",
     "repetition_penalty": "options.repeat_penalty",
@@ -214,6 +215,7 @@ def _options(body: Any) -> tuple[dict[str, Any], int | None, int | None]:
         "temperature": o.temperature,
         "top_p": o.top_p,
         "top_k": o.top_k,
+        "min_p": o.min_p,
         "seed": o.seed if o.seed is not None and o.seed >= 0 else None,  # negative: random, as Ollama
         "repetition_penalty": o.repeat_penalty,
         "presence_penalty": o.presence_penalty or None,

@@ -68,11 +68,11 @@ class Options(BaseModel):
     num_ctx: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    min_p: float | None = None
     # Sampling aipc cannot do: refused unless set to the value that turns them off.
     mirostat: int | None = None
     tfs_z: float | None = None
     typical_p: float | None = None
-    min_p: float | None = None
 
 
 # Options that tune Ollama's runner (threads, GPU layers, memory mapping...): accepted, without effect here.
@@ -103,7 +103,6 @@ NEUTRAL = {
     "mirostat": 0,
     "tfs_z": 1.0,
     "typical_p": 1.0,
-    "min_p": 0.0,
 }
 
 

@@ -112,6 +112,7 @@ class _Sampling(_Body):
     user: str | None = None
     # Not OpenAI's, but common in local servers (vLLM, llama.cpp): aipc's own sampling options.
     top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
 
     @field_validator("stream", "n", "echo", mode="before", check_fields=False)
@@ -147,6 +148,7 @@ class _Sampling(_Body):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
+            "min_p": self.min_p,
             "seed": None if self.seed is None else self.seed & (2**63 - 1),  # a negative seed, folded: still fixed
             "repetition_penalty": self.repetition_penalty,
             "stop": tuple(self.stop) if self.stop else None,
