@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import pytest
 
 import aipc
@@ -170,6 +171,51 @@ def test_min_p_keeps_only_tokens_near_the_most_likely(embedded_on, backend):
     hot = {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "max_tokens": 12}
     assert {model.generate(PARIS_QUESTION, seed=s, min_p=1.0, **hot) for s in range(3)} == {greedy}
     assert any(model.generate(PARIS_QUESTION, seed=s, **hot) != greedy for s in range(3))
+
+
+def _candidates(logprobs, temperature: float, min_p: float, top_p: float, renormalised: bool) -> set[int]:
+    """The tokens a draw may pick: top_p over the whole distribution and min_p against the best, or (renormalised)
+    top_p taken over min_p's survivors."""
+    p = np.exp((logprobs - logprobs.max()) / temperature)
+    order = np.argsort(-p)
+    ps = p[order] / p.sum()
+    survivors = int((ps >= min_p * ps[0]).sum())
+    if renormalised:
+        ps = ps[:survivors] / ps[:survivors].sum()
+    nucleus = int(np.searchsorted(np.cumsum(ps), top_p)) + 1
+    return set(order[: min(nucleus, survivors)].tolist())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_p_and_top_p_each_judge_the_whole_distribution(embedded_on, backend):
+    """A token is drawn when both keep it: top_p over the whole distribution, min_p against the best token
+    (transformers' and OpenVINO's rule, which ONNX Runtime GenAI's own top_p after a min_p mask would not follow).
+    Checked against the model's next-token distribution, with margins either side of each threshold."""
+    model = embedded_on(backend)
+    ids = model.tokenize("I like to eat")
+    logprobs = model.scorer().next_token_logprobs(ids)[-1].astype(np.float64)
+    both = _candidates(logprobs, 2.0, 0.2, 0.5, renormalised=False)  # min_p 0.25, with a margin: a superset
+    narrower = _candidates(logprobs, 2.0, 0.225, 0.55, renormalised=True)  # also a superset of its set
+    opts = {"temperature": 2.0, "top_k": 0, "top_p": 0.5, "min_p": 0.25, "repetition_penalty": 1.0, "max_tokens": 1}
+    drawn = set()
+    for seed in range(40):
+        *_, done = model.stream("I like to eat", raw=True, seed=seed, **opts)
+        drawn.add(done.token_ids[0])
+    assert drawn <= both and drawn - narrower, (sorted(drawn), sorted(both), sorted(narrower))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_p_holds_with_top_k_off(embedded_on, backend):
+    """ONNX Runtime GenAI's own top_k 0 turns its top_p off as well: "off" must reach it as the whole vocabulary."""
+    model = embedded_on(backend)
+    logprobs = model.scorer().next_token_logprobs(model.tokenize("I like to eat"))[-1].astype(np.float64)
+    nucleus = _candidates(logprobs, 1.0, 0.0, 0.6, renormalised=False)  # top_p 0.5, with a margin
+    opts = {"temperature": 1.0, "top_k": 0, "top_p": 0.5, "repetition_penalty": 1.0, "max_tokens": 1}
+    drawn = set()
+    for seed in range(40):
+        *_, done = model.stream("I like to eat", raw=True, seed=seed, **opts)
+        drawn.add(done.token_ids[0])
+    assert drawn <= nucleus and len(drawn) > 1, (sorted(drawn), sorted(nucleus))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -55,20 +55,29 @@ def test_top_k_top_p_and_min_p_keep_what_transformers_keeps(options):
     assert len(allowed) > 1
 
 
-def test_min_p_for_a_runtime_that_samples_itself_masks_what_the_sampler_would_drop():
-    """ONNX Runtime GenAI applies the penalty, temperature and top_p itself; min_p reaches it as -inf logits,
-    judged after the penalty, so that its draws keep the same tokens aipc's sampler keeps."""
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"top_k": 0, "top_p": 1.0, "min_p": 0.2},
+        {"top_k": 5, "top_p": 1.0, "min_p": 0.01},
+        {"top_p": 0.5, "min_p": 0.01},
+    ],
+)
+def test_min_p_for_a_runtime_that_samples_itself_masks_what_the_sampler_would_drop(options):
+    """ONNX Runtime GenAI applies the penalty and temperature itself and has no min_p: with min_p, every token
+    outside the draw's candidates (top_k, top_p, min_p, judged after the penalty) reaches it as -inf, so that its
+    draws keep the tokens aipc's sampler keeps, whichever of the three filters is the narrowest."""
     rng = np.random.default_rng(1)
     logits = rng.normal(size=200).astype(np.float32) * 2
     prompt = np.argsort(-logits)[:6].tolist()  # the most likely tokens, penalised: the order changes
-    config = GenerationConfig(temperature=0.8, top_k=0, top_p=1.0, min_p=0.2, repetition_penalty=1.6)
+    config = GenerationConfig(temperature=1.2, repetition_penalty=1.6, **options)
     prepared = Sampler(config, prompt, 200).prepared(logits)
     kept = set(np.flatnonzero(np.isfinite(prepared)).tolist())
     assert np.array_equal(prepared[list(kept)], logits[list(kept)])  # the rest is left as the runtime gave it
-    drawn = {Sampler(config.updated(seed=s), prompt, 200)(logits) for s in range(600)}
-    assert drawn == kept and 1 < len(kept) < 200
-    greedy = Sampler(config.updated(temperature=0), prompt, 200).prepared(logits)
-    assert np.isfinite(greedy).all()  # greedy decoding needs no mask
+    drawn = {Sampler(config.updated(seed=s), prompt, 200)(logits) for s in range(800)}
+    assert drawn == kept and 1 < len(kept) < 40
+    unmasked = Sampler(config.updated(min_p=0), prompt, 200).prepared(logits)
+    assert np.isfinite(unmasked).all()  # without min_p the runtime's own top_k and top_p do it
 
 
 def test_a_seed_repeats_its_draws_and_no_seed_varies():

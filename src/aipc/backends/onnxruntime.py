@@ -267,9 +267,15 @@ class OnnxRuntimeModel:
         if config.ignore_eos:
             options["min_length"] = self._context
         if not config.greedy:
-            # top_k always: 0 turns it off in ONNX Runtime GenAI too, but left out, genai_config.json's applies
-            # (the model builder writes 50)
-            options |= {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+            # top_k "off" is the whole vocabulary here: ONNX Runtime GenAI's top_k 0 turns top_p off too, a top_k
+            # left out is genai_config.json's (the model builder writes 50), and one over the vocabulary is refused.
+            # With min_p, the logits set before each step hold only the draw's candidates (`Sampler.prepared`):
+            # its own top_k and top_p have nothing left to cut.
+            narrowed = config.min_p > 0
+            top_k = 0 if narrowed else config.top_k or self.vocab_size or 0
+            if self.vocab_size:
+                top_k = min(top_k, self.vocab_size)
+            options |= {"temperature": config.temperature, "top_p": 1.0 if narrowed else config.top_p, "top_k": top_k}
             if config.seed is not None:
                 options["random_seed"] = config.seed
         key = (tuple(sorted(options.items())), tuple(sorted((speculative or {}).items())), config.json_schema)

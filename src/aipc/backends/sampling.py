@@ -61,16 +61,19 @@ class Sampler:
         return self._repeat_penalized(x)
 
     def prepared(self, logits: np.ndarray) -> np.ndarray:
-        """For a runtime that applies the repetition penalty, temperature, top_k and top_p itself: the logits with
-        OpenAI's shaping applied and the tokens min_p drops (judged as `pick` would, after the penalty and the
-        temperature) at -inf, which the penalty leaves there."""
+        """For a runtime that applies the repetition penalty and temperature itself, and has no min_p: the logits
+        with OpenAI's shaping applied and, when min_p is set, every token but the draw's candidates (top_k, top_p
+        and min_p, judged as `pick` judges them, after the penalty) at -inf, which the penalty leaves there. The
+        runtime then samples with top_k and top_p off: its own top_p would be taken over the min_p survivors,
+        renormalised, where aipc's (OpenVINO's, transformers') is taken before min_p."""
         x = np.array(logits, dtype=np.float32, copy=True)
         if self._shaping:
             x = shaped(x, self._produced, self._presence, self._frequency, self._bias)
         if self._min_p > 0 and not self._greedy:
-            # p_i >= min_p * p_max  <=>  logit_i >= logit_max + temperature * ln(min_p), after the penalty
-            penalized = self._repeat_penalized(x.copy())
-            x[penalized < penalized.max() + self._temperature * np.log(self._min_p)] = -np.inf
+            order, _ = self._candidates(self._repeat_penalized(x.copy()))
+            drop = np.ones(x.size, dtype=bool)
+            drop[order] = False
+            x[drop] = -np.inf
         return x
 
     def _repeat_penalized(self, x: np.ndarray) -> np.ndarray:
@@ -128,6 +131,11 @@ class Sampler:
         return float(np.exp(z).sum())
 
     def _draw(self, x: np.ndarray) -> int:
+        order, probs = self._candidates(x)
+        return int(order[self._rng.choice(order.size, p=probs)])
+
+    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens a draw from penalized logits may pick, most likely first, and their probabilities."""
         x = x / self._temperature
         ids = np.arange(x.size)
         if 0 < self._top_k < x.size:
@@ -144,7 +152,7 @@ class Sampler:
             # The tokens at least min_p times as likely as the best; probs are sorted, so they lead.
             keep = int(np.count_nonzero(probs >= self._min_p * probs[0]))
             order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-        return int(order[self._rng.choice(order.size, p=probs)])
+        return order, probs
 
 
 def shaped(logits: np.ndarray, produced: list[int], presence: float, frequency: float, bias) -> np.ndarray:
