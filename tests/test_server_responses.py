@@ -214,14 +214,14 @@ def test_a_resent_conversation_with_output_text_parts(http):
         },
     )
     assert reply.status_code == 200, reply.text
-    assert reply.json()["store"] is False  # nothing is kept, whatever the request says
+    assert reply.json()["store"] is True
 
 
 @pytest.mark.parametrize(
     ("extra", "param", "words"),
     [
-        ({"previous_response_id": "resp_1"}, "previous_response_id", "keeps no responses"),
-        ({"conversation": "conv_1"}, "conversation", "keeps no responses"),
+        ({"previous_response_id": "resp_1"}, "previous_response_id", "Previous response with id 'resp_1' not found"),
+        ({"conversation": "conv_1"}, "conversation", "keeps no conversation objects"),
         ({"background": True}, "background", "not supported"),
         ({"tools": [{"type": "web_search"}]}, "tools[0]", "only function tools"),
         (
@@ -229,7 +229,7 @@ def test_a_resent_conversation_with_output_text_parts(http):
             "input[0].content",
             "text",
         ),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "keeps no items"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "send the item itself"),
         ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0]", "function_call_output"),
         ({"input": []}, "input", "must not be empty"),
         ({"include": ["file_search_call.nonsense"]}, "include", "message.output_text.logprobs"),
@@ -341,15 +341,93 @@ def test_truncation_auto_drops_the_oldest_turns_to_fit(model):
         assert http.post("/v1/responses", json=too_long).status_code == 400
 
 
-def test_a_response_id_is_not_kept(client):
+def test_a_stored_response_is_continued_retrieved_listed_and_deleted(client):
+    intro = "My name is Ada. Say hello."
+    first = client.responses.create(model=MODEL, input=intro, temperature=0, max_output_tokens=16)
+    assert first.store is True and first.previous_response_id is None
+    again = client.responses.retrieve(first.id)
+    assert again.id == first.id and again.output_text == first.output_text and again.usage == first.usage
+    [item] = client.responses.input_items.list(first.id).data
+    assert item.type == "message" and item.role == "user" and item.content[0].text == intro and item.id
+
+    ask = {"model": MODEL, "temperature": 0, "max_output_tokens": 16}
+    second = client.responses.create(previous_response_id=first.id, input="What is my name?", **ask)
+    assert second.previous_response_id == first.id
+    # the same as sending the conversation whole
+    history = [{"role": "user", "content": intro}, {"role": "assistant", "content": first.output_text}]
+    whole = client.responses.create(
+        input=[*history, {"role": "user", "content": "What is my name?"}], store=False, **ask
+    )
+    assert second.usage.input_tokens == whole.usage.input_tokens and second.output_text == whole.output_text
+    with pytest.raises(openai.NotFoundError):  # store false: not kept
+        client.responses.retrieve(whole.id)
+
+    *_, last = client.responses.create(previous_response_id=second.id, input="And again?", stream=True, **ask)
+    third = last.response  # response.completed, or response.incomplete at the token limit
+    assert client.responses.retrieve(third.id).output_text == third.output_text  # a streamed one is kept too
+    assert third.usage.input_tokens > second.usage.input_tokens + second.usage.output_tokens
+
+    assert client.responses.delete(first.id) is None  # the SDK returns nothing for a deletion
     with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve("resp_0123")
-    with pytest.raises(openai.NotFoundError):
-        client.responses.delete("resp_0123")
-    with pytest.raises(openai.NotFoundError):  # no stored state to compact, not a 405
+        client.responses.retrieve(first.id)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(previous_response_id=first.id, input="Hi", **ask)
+    assert info.value.body["param"] == "previous_response_id" and info.value.code == "previous_response_not_found"
+    assert client.responses.retrieve(second.id).id == second.id  # its successors keep their own copies
+    with pytest.raises(openai.NotFoundError):  # no background responses to cancel or compact, not a 405
         client.post("/responses/compact", body={"model": MODEL, "input": "hi"}, cast_to=object)
+
+
+def test_a_tool_result_sent_after_a_stored_response(client):
+    """The Agents SDK's way: the call's output alone, continuing the stored response that asked for it."""
+    reply = client.responses.create(model=MODEL, input=ASK, tools=[WEATHER], tool_choice="required", temperature=0)
+    calls = [item for item in reply.output if item.type == "function_call"]
+    outputs = [{"type": "function_call_output", "call_id": c.call_id, "output": "Sunny, 21 C"} for c in calls]
+    answer = client.responses.create(
+        model=MODEL,
+        previous_response_id=reply.id,
+        input=outputs,
+        tools=[WEATHER],
+        tool_choice="none",
+        temperature=0,
+        max_output_tokens=48,
+    )
+    assert answer.output_text.strip() and [item.type for item in answer.output] == ["message"]
+    listed = client.responses.input_items.list(answer.id, order="asc")
+    assert [item.type for item in listed.data] == ["function_call_output"] * len(calls)
+    with pytest.raises(openai.BadRequestError):  # a result for a call the stored conversation never made
+        client.responses.create(
+            model=MODEL,
+            previous_response_id=reply.id,
+            input=[{"type": "function_call_output", "call_id": "call_nope", "output": "x"}],
+        )
 
 
 def test_an_unknown_model_is_a_404(client):
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="hi")
+
+
+def test_the_response_store_is_bounded_and_drops_the_least_recently_used():
+    from aipc.server.dialects.responses_store import ResponseStore, input_items
+    from aipc.server.errors import APIError
+
+    def response(i: int, text: str = "x") -> dict:
+        part = {"type": "output_text", "text": text, "annotations": []}
+        return {"id": f"resp_{i}", "output": [{"type": "message", "role": "assistant", "content": [part]}]}
+
+    store = ResponseStore(max_responses=3, max_bytes=20_000)
+    for i in range(3):
+        store.keep(response(i), [], input_items(f"question {i}"))
+    assert len(store.conversation("resp_0")) == 2  # used: now the most recent
+    store.keep(response(3), store.conversation("resp_2"), input_items("question 3"))
+    with pytest.raises(APIError, match="resp_1"):  # the least recently used went
+        store.conversation("resp_1")
+    assert [item["role"] for item in store.conversation("resp_3")] == ["user", "assistant"] * 2
+    store.keep(response(4, "y" * 30_000), [], input_items("big"))  # larger than the whole store: not kept
+    with pytest.raises(APIError):
+        store.get("resp_4")
+    for i in range(5, 9):  # over 8 kB each: the size bound holds before the count does
+        store.keep(response(i, "z" * 4_000), [], input_items("q"))
+    kept = [i for i in range(9) if f"resp_{i}" in store._kept]
+    assert kept == [7, 8] and sum(s.size for s in store._kept.values()) <= 20_000

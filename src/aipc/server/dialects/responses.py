@@ -7,14 +7,15 @@ as Responses' typed server-sent events (`response.created`, `response.output_tex
 `response.completed`, or `response.incomplete` when `max_output_tokens` cut the answer). Errors name the
 Responses request's own fields (`input[3].call_id`, `tools[0].name`), not the chat they became. `truncation:
 "auto"` drops the oldest whole turns that do not fit; POST /v1/responses/input_tokens counts a request's input.
-Nothing is stored: GET and DELETE of a response id, and the other stored-state routes, answer 404.
+Responses are stored unless `store` is false (responses_store.py): `previous_response_id` continues one, and
+GET /v1/responses/{id}, its /input_items and DELETE read and drop them.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from aipc.engine.events import Done, TextDelta, ToolCall
 from aipc.errors import AipcError
 from aipc.server import core
-from aipc.server.dialects import openai_protocol
+from aipc.server.dialects import openai_protocol, responses_store
 from aipc.server.dialects import responses_protocol as protocol
 from aipc.server.dialects.openai_logprobs import TokenNames, chat_content
 from aipc.server.errors import APIError, json_bytes, openai_body, to_api_error
@@ -35,17 +36,18 @@ _PARAM = {"max_tokens": "max_output_tokens", "json_schema": "text.format", "logp
 
 def register(app: FastAPI, state: core.ServerState) -> None:
     """Add /v1/responses; its errors take OpenAI's shape (the /v1/ prefix)."""
+    store = responses_store.ResponseStore()
 
     @app.post("/v1/responses")
     async def create(request: Request) -> Response:
-        return await _respond(state, request)
+        return await _respond(state, store, request)
 
     @app.post("/v1/responses/input_tokens")
     async def input_tokens(request: Request) -> Response:
         """How many tokens a request's input comes to on the model, without generating (the SDK's
         `responses.input_tokens.count`)."""
         state.check_serving()
-        body, messages, origin = _checked(state, await core.read_json(request))
+        body, messages, origin, _ = _checked(state, store, await core.read_json(request))
         tools = body.tool_options()
 
         def count(entry: core.Entry) -> int:  # the whole input, whatever the context holds
@@ -64,38 +66,55 @@ def register(app: FastAPI, state: core.ServerState) -> None:
         return JSONResponse({"object": "response.input_tokens", "input_tokens": tokens})
 
     @app.get("/v1/responses/{response_id}")
+    async def retrieve(response_id: str) -> Response:
+        return JSONResponse(store.get(response_id).response)
+
     @app.delete("/v1/responses/{response_id}")
-    async def stored(response_id: str) -> Response:
-        raise APIError(
-            404, f"no response {response_id!r}: this server keeps no responses (store is not supported)", param=None
-        )
+    async def delete(response_id: str) -> Response:
+        store.delete(response_id)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def listed(response_id: str, request: Request) -> Response:
+        query = request.query_params
+        limit = query.get("limit", "20")
+        if not limit.isdigit():
+            raise APIError(400, f"limit must be an integer from 1 to 100, got {limit!r}", param="limit")
+        items = store.get(response_id).input_items
+        return JSONResponse(responses_store.listing(items, query.get("order", "desc"), int(limit), query.get("after")))
 
     @app.post("/v1/responses/{response_id}/{action}")
     @app.post("/v1/responses/{action}")
     async def not_served(request: Request) -> Response:
-        raise APIError(404, f"{request.url.path} is not served: this server keeps no responses", param=None)
+        raise APIError(404, f"{request.url.path} is not served: this server runs no background responses", param=None)
 
 
-def _checked(state: core.ServerState, data: Any) -> tuple[protocol.ResponsesRequest, list, list[str]]:
-    """The request parsed and checked, and its chat messages with the input field each came from."""
+def _checked(
+    state: core.ServerState, store: responses_store.ResponseStore, data: Any
+) -> tuple[protocol.ResponsesRequest, list, list[str], list]:
+    """The request parsed and checked, its chat messages with the input field each came from, and the stored
+    conversation it continues (input items; empty without a previous_response_id)."""
     body = openai_protocol.parse(protocol.ResponsesRequest, data)
     body.check_supported()
-    if isinstance(body.input, list):
-        state.check_count(len(body.input), "input items", "input")
-    messages, origin = body.messages()
-    return body, messages, origin
+    earlier = store.conversation(body.previous_response_id) if body.previous_response_id is not None else []
+    state.check_count(len(earlier) + (len(body.input) if isinstance(body.input, list) else 1), "input items", "input")
+    messages, origin = body.messages(earlier)
+    return body, messages, origin, earlier
 
 
-def _prepared(state: core.ServerState, data: Any) -> tuple[protocol.ResponsesRequest, Any]:
-    """The request checked, and the function that prepares its prompt on a model (in a worker thread)."""
-    body, messages, origin = _checked(state, data)
+def _prepared(
+    state: core.ServerState, store: responses_store.ResponseStore, data: Any
+) -> tuple[protocol.ResponsesRequest, Any, list]:
+    """The request checked, the function that prepares its prompt on a model (in a worker thread), and the
+    stored conversation it continues."""
+    body, messages, origin, earlier = _checked(state, store, data)
     tools = body.tool_options()
     options = body.options()
 
     def prepare(entry: core.Entry) -> core.Prepared:
         return _chat(entry, messages, origin, options, body.max_output_tokens, tools, body.truncation == "auto")
 
-    return body, prepare
+    return body, prepare, earlier
 
 
 def _chat(entry, messages, origin, options, asked, tools, truncate: bool) -> core.Prepared:
@@ -168,13 +187,15 @@ def _renamed(exc: APIError, origin: list[str]) -> APIError:
     return renamed
 
 
-async def _respond(state: core.ServerState, request: Request) -> Response:
+async def _respond(state: core.ServerState, store: responses_store.ResponseStore, request: Request) -> Response:
     state.check_serving()
-    body, prepare = _prepared(state, await core.read_json(request))
+    body, prepare, earlier = _prepared(state, store, await core.read_json(request))
     entry = await state.acquire(request, body.model)
     if entry is None:
         return core.gone()
     shape = _Shape(body, entry)
+    if body.stored:
+        shape.on_finished = lambda response: store.keep(response, earlier, responses_store.input_items(body.input))
     generation = await core.generate(state, request, entry, prepare, schema_param="text.format")
     if generation is None:
         return core.gone()
@@ -212,13 +233,13 @@ class _Shape:
             "model": entry.name,
             "output": [],
             "parallel_tool_calls": body.parallel_tool_calls is not False,
-            "previous_response_id": None,
+            "previous_response_id": body.previous_response_id,
             "reasoning": {"effort": None, "summary": None}
             | (body.reasoning.model_dump(exclude_none=True) if body.reasoning else {}),
             "prompt_cache_key": body.prompt_cache_key,
             "safety_identifier": body.safety_identifier,
             "service_tier": "default",
-            "store": False,
+            "store": body.stored,
             "temperature": body.temperature if body.temperature is not None else defaults.temperature,
             "text": {"format": text_format},
             "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
@@ -231,6 +252,7 @@ class _Shape:
             "metadata": body.metadata or {},
         }
         self._sequence = 0
+        self.on_finished: Callable[[dict[str, Any]], None] | None = None  # keeps the finished response
 
     def allowed(self, call: ToolCall) -> bool:
         """Within `max_tool_calls` (the calls after that many are dropped)."""
@@ -250,12 +272,15 @@ class _Shape:
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt_tokens + done.usage.completion_tokens,
         }
-        return self.head | {
+        response = self.head | {
             "status": "incomplete" if cut else "completed",
             "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
             "output": output,
             "usage": usage,
         }
+        if self.on_finished is not None:
+            self.on_finished(response)
+        return response
 
     # --- whole ---------------------------------------------------------------------------------------------
     def whole(self, events: list[Any], prepared: core.Prepared) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """OpenAI's Responses API (/v1/responses) request bodies, validated strictly, as the engine takes them.
 
-Only the stateless form, as Ollama and vLLM serve it: every request brings its whole conversation in `input`
-(messages, earlier function calls and their outputs); nothing is stored, so `previous_response_id`,
-`conversation` and `background` are refused by name. Input items become the chat messages the engine takes,
+A request brings its conversation in `input` (messages, earlier function calls and their outputs), or
+continues a stored response's with `previous_response_id` (responses_store.py); `conversation` objects,
+`background` and item references are refused by name. Input items become the chat messages the engine takes,
 function tools the chat form of tools; hosted tools (web search, file search, code interpreter...) and non-text
 content are refused by name. Validation errors are 400s naming the field, as in openai_protocol.py.
 """
@@ -84,7 +84,7 @@ class ResponsesRequest(_Body):
     text: TextOptions | None = None
     reasoning: Reasoning | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    store: bool | None = None  # OpenAI's default is true; nothing is stored here, whatever it says
+    store: bool | None = None  # OpenAI's default, None, is true
     metadata: dict[str, str] | None = None
     user: str | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
@@ -95,11 +95,13 @@ class ResponsesRequest(_Body):
     background: bool | None = None
 
     def check_supported(self) -> None:
-        stateless = "this server keeps no responses: send the whole conversation in input"
-        if self.previous_response_id is not None:
-            raise APIError(400, f"previous_response_id {NOT_SUPPORTED}: {stateless}", param="previous_response_id")
         if self.conversation is not None:
-            raise APIError(400, f"conversation {NOT_SUPPORTED}: {stateless}", param="conversation")
+            raise APIError(
+                400,
+                f"conversation {NOT_SUPPORTED}: this server keeps no conversation objects; continue a stored "
+                "response with previous_response_id, or send the whole conversation in input",
+                param="conversation",
+            )
         if self.background:
             raise APIError(
                 400, f"background {NOT_SUPPORTED}: use stream to read the answer as it comes", param="background"
@@ -127,14 +129,23 @@ class ResponsesRequest(_Body):
             values["json_schema"] = self.text.format.schema_text()
         return {k: v for k, v in values.items() if v is not None}
 
-    def messages(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """`instructions` and `input` as the chat messages the engine takes, and for each message the input
-        field it came from (to name it in errors)."""
+    @property
+    def stored(self) -> bool:
+        return self.store is not False
+
+    def messages(self, earlier: list[dict[str, Any]] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+        """`instructions`, the `earlier` conversation (a stored response's, as input items) and `input` as the
+        chat messages the engine takes, and for each message the input field it came from (to name it in
+        errors)."""
         out: list[dict[str, Any]] = []
         origin: list[str] = []
         if self.instructions:
             out.append({"role": "system", "content": self.instructions})
             origin.append("instructions")
+        for item in earlier:
+            before = len(out)
+            _add_item(out, item, "previous_response_id")
+            origin += ["previous_response_id"] * (len(out) - before)
         if isinstance(self.input, str):
             return [*out, {"role": "user", "content": self.input}], [*origin, "input"]
         if not self.input:
@@ -197,7 +208,11 @@ def _add_item(out: list[dict[str, Any]], item: dict[str, Any], param: str) -> No
     elif kind == "reasoning":
         return
     elif kind == "item_reference":
-        raise APIError(400, f"{param}: item_reference {NOT_SUPPORTED}: this server keeps no items", param=param)
+        raise APIError(
+            400,
+            f"{param}: item_reference {NOT_SUPPORTED}: send the item itself, or use previous_response_id",
+            param=param,
+        )
     else:
         raise APIError(
             400,
