@@ -427,6 +427,9 @@ def test_the_response_store_is_bounded_and_drops_the_least_recently_used():
     store.keep(response(4, "y" * 30_000), [], input_items("big"))  # larger than the whole store: not kept
     with pytest.raises(APIError):
         store.get("resp_4")
+    with pytest.raises(APIError) as info:  # an id is the request's: only its start is echoed
+        store.conversation("resp_" + "9" * 100_000)
+    assert len(info.value.message) < 300
     for i in range(5, 9):  # over 8 kB each: the size bound holds before the count does
         store.keep(response(i, "z" * 4_000), [], input_items("q"))
     kept = [i for i in range(9) if f"resp_{i}" in store._kept]

@@ -42,7 +42,7 @@ class ResponseStore:
         if stored is None:
             raise APIError(
                 400,
-                f"Previous response with id {response_id!r} not found: this server keeps the last "
+                f"Previous response with id {_shown(response_id)} not found: this server keeps the last "
                 f"{self._max_responses} responses stored with store true, in memory, until it restarts",
                 param="previous_response_id",
                 code="previous_response_not_found",
@@ -66,13 +66,20 @@ class ResponseStore:
     def get(self, response_id: str) -> Stored:
         stored = self._kept.get(response_id)
         if stored is None:
-            raise APIError(404, f"No response found with id {response_id!r} (responses are kept in memory)", param=None)
+            raise APIError(
+                404, f"No response found with id {_shown(response_id)} (responses are kept in memory)", param=None
+            )
         return stored
 
     def delete(self, response_id: str) -> None:
         stored = self.get(response_id)
         del self._kept[response_id]
         self._bytes -= stored.size
+
+
+def _shown(response_id: str) -> str:
+    """An id as an error names it: a request's, so at most 80 characters of it."""
+    return repr(response_id if len(response_id) <= 80 else response_id[:80] + "...")
 
 
 def input_items(text_or_items: str | list[Any]) -> list[dict[str, Any]]:
