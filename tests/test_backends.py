@@ -194,11 +194,12 @@ def test_min_p_and_top_p_each_judge_the_whole_distribution(embedded_on, backend)
     model = embedded_on(backend)
     ids = model.tokenize("I like to eat")
     logprobs = model.scorer().next_token_logprobs(ids)[-1].astype(np.float64)
-    both = _candidates(logprobs, 2.0, 0.2, 0.5, renormalised=False)  # min_p 0.25, with a margin: a superset
-    narrower = _candidates(logprobs, 2.0, 0.225, 0.55, renormalised=True)  # also a superset of its set
+    # Margins wide enough for bf16 kernels that round the generating pass apart from the scoring one
+    both = _candidates(logprobs, 2.0, 0.15, 0.6, renormalised=False)  # a superset of min_p 0.25, top_p 0.5
+    narrower = _candidates(logprobs, 2.0, 0.2, 0.6, renormalised=True)  # also a superset of its set
     opts = {"temperature": 2.0, "top_k": 0, "top_p": 0.5, "min_p": 0.25, "repetition_penalty": 1.0, "max_tokens": 1}
     drawn = set()
-    for seed in range(40):
+    for seed in range(60):
         *_, done = model.stream("I like to eat", raw=True, seed=seed, **opts)
         drawn.add(done.token_ids[0])
     assert drawn <= both and drawn - narrower, (sorted(drawn), sorted(both), sorted(narrower))
@@ -209,7 +210,7 @@ def test_top_p_holds_with_top_k_off(embedded_on, backend):
     """ONNX Runtime GenAI's own top_k 0 turns its top_p off as well: "off" must reach it as the whole vocabulary."""
     model = embedded_on(backend)
     logprobs = model.scorer().next_token_logprobs(model.tokenize("I like to eat"))[-1].astype(np.float64)
-    nucleus = _candidates(logprobs, 1.0, 0.0, 0.6, renormalised=False)  # top_p 0.5, with a margin
+    nucleus = _candidates(logprobs, 1.0, 0.0, 0.65, renormalised=False)  # top_p 0.5, with a margin
     opts = {"temperature": 1.0, "top_k": 0, "top_p": 0.5, "repetition_penalty": 1.0, "max_tokens": 1}
     drawn = set()
     for seed in range(40):
