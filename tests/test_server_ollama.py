@@ -374,7 +374,11 @@ def test_create_from_a_model_with_a_system_prompt_and_parameters(client, http):
         ({"model": "x1", "from": MODEL, "parameters": {"frobnicate": 1}}, 400, "unknown parameter 'frobnicate'"),
         ({"model": "x1", "from": MODEL, "parameters": {"temperature": "hot"}}, 400, "takes a number"),
         ({"model": "x1", "from": MODEL, "parameters": {"temperature": -1}}, 400, "temperature"),
-        ({"model": "x1", "files": {"m.gguf": "sha256:" + "0" * 64}}, 400, "uploaded weights"),
+        ({"model": "x1", "files": {"m.gguf": "sha256:" + "0" * 64}}, 400, "upload it first with POST /api/blobs/"),
+        ({"model": "x1", "files": {"model.safetensors": "sha256:" + "0" * 64}}, 400, "one .gguf file"),
+        ({"model": "x1", "files": {"m.gguf": "sha256:nothex"}}, 400, "invalid blob digest"),
+        ({"model": "x1", "from": MODEL, "files": {"m.gguf": "sha256:" + "0" * 64}}, 400, "cannot both be set"),
+        ({"model": "x1", "from": MODEL, "adapters": {"a.gguf": "sha256:" + "0" * 64}}, 400, "adapters"),
         ({"model": "x1", "from": MODEL, "quantize": "q4_K_M"}, 400, "aipc convert"),
         ({"model": "smollm2", "from": MODEL}, 400, "catalog name"),
         ({"model": "../x", "from": MODEL}, 400, "invalid model name"),
@@ -394,6 +398,57 @@ def test_create_from_a_model_with_a_system_prompt_and_parameters(client, http):
     for name in ("smol-terse", "smol-legacy"):
         client.generate(model=name, keep_alive=0)
         assert client.delete(name).status == "success"
+
+
+def test_create_from_an_uploaded_gguf_file(client, http):
+    """What `ollama create` sends for a Modelfile whose FROM is a GGUF file: the file as a blob, then /api/create
+    naming its digest in `files`, with the Modelfile's system prompt and parameters."""
+    import hashlib
+    import shutil
+
+    from aipc.store import blobs, store
+    from aipc.store.resolve import resolve
+
+    if store.find("smol-upload"):
+        store.remove("smol-upload")
+    gguf = resolve(MODEL).path  # the embedded model's file
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    try:
+        assert http.head(f"/api/blobs/{digest}").status_code == 404
+        assert client.create_blob(gguf) == digest  # streamed, past the 1 MiB limit on other bodies
+        assert http.head(f"/api/blobs/{digest}").status_code == 200
+        assert http.post(f"/api/blobs/{digest}", content=b"").status_code == 200  # had already: not read again
+        system = "Answer in one word."
+        made = client.create(
+            model="smol-upload", files={"smollm2.gguf": digest}, system=system, parameters={"temperature": 0}
+        )
+        assert made.status == "success" and client.show("smol-upload").details.format == "gguf"
+        assert http.head(f"/api/blobs/{digest}").status_code == 404  # the model holds the file now
+        assert f'SYSTEM """{system}"""' in client.show("smol-upload").modelfile
+        reply = client.chat(model="smol-upload", messages=PARIS, options={"num_predict": 8})
+        base = client.chat(
+            model=MODEL,
+            messages=[{"role": "system", "content": system}, *PARIS],
+            options={"temperature": 0, "num_predict": 8},
+        )
+        assert reply.message.content == base.message.content  # the same file, its system prompt and temperature
+
+        wrong = "sha256:" + "1" * 64
+        r = http.post(f"/api/blobs/{wrong}", content=b"not those bytes")
+        assert r.status_code == 400 and "do not have the digest" in r.json()["error"]
+        assert not blobs.has(wrong) and not list(blobs.folder().glob(".partial-*"))  # nothing kept
+        assert http.post("/api/blobs/../../etc/passwd", content=b"x").status_code in (400, 404)
+        assert http.post("/api/blobs/sha256:nothex", content=b"x").status_code == 400
+        junk = b"GGUF but not really a model file"
+        junk_digest = "sha256:" + hashlib.sha256(junk).hexdigest()
+        assert http.post(f"/api/blobs/{junk_digest}", content=junk).status_code == 201
+        r = http.post("/api/create", json={"model": "x2", "files": {"junk.gguf": junk_digest}, "stream": False})
+        assert r.status_code == 400 and "GGUF" in r.json()["error"] and not store.find("x2")
+    finally:
+        client.generate(model="smol-upload", keep_alive=0)
+        if store.find("smol-upload"):
+            client.delete("smol-upload")
+        shutil.rmtree(blobs.folder(), ignore_errors=True)
 
 
 def test_delete_while_the_model_loads_is_refused_and_the_load_completes(client, http):

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,21 @@ def test_prune_frees_a_killed_writers_litter_and_never_a_live_one(home):
     finally:
         live.kill()
         live.wait(10)
+
+
+def test_prune_frees_uploads_no_model_was_made_from_after_an_hour(home):
+    blobs = home / "blobs"
+    blobs.mkdir()
+    old, partial, fresh = blobs / ("sha256-" + "a" * 64), blobs / ".partial-x", blobs / ("sha256-" + "b" * 64)
+    for path, size in ((old, 3000), (partial, 1000), (fresh, 500)):
+        path.write_bytes(b"u" * size)
+    hours_ago = time.time() - 2 * 3600
+    for path in (old, partial):
+        os.utime(path, (hours_ago, hours_ago))
+    freed = run_cli("prune")
+    assert freed.returncode == 0 and "freed 4.0 KB" in freed.stdout.splitlines()[-1], freed.stdout
+    assert "an upload no model was made from" in freed.stdout
+    assert not old.exists() and not partial.exists() and fresh.is_file()  # an upload a create may still name
 
 
 def test_the_next_store_write_reclaims_litter(home):

@@ -287,6 +287,20 @@ def create(name: str, mf: Any) -> str:
     return creating.create(name, mf).name
 
 
+def create_from_blob(name: str, filename: str, digest: str, mf: Any) -> str:
+    """Make `name` from an uploaded GGUF file (`store.create.from_blob`): the name it is stored under."""
+    from aipc.store import blobs
+    from aipc.store import create as creating
+
+    blob = blobs.path(digest)
+    if not blob.is_file():
+        raise UsageError(f"files.{filename}: no blob {digest}: upload it first with POST /api/blobs/{digest}")
+    source = {"kind": "upload", "file": filename, "digest": digest}
+    made = creating.from_blob(name, blob, mf, source).name
+    blob.unlink(missing_ok=True)  # the model holds the file now (a hard link, or its own copy)
+    return made
+
+
 def pull(name: str, device: str = "auto") -> Iterator[dict[str, Any]]:
     """Fetch a catalog model into the store, as `aipc pull` does, yielding Ollama-style progress objects:
     pulling (with completed/total bytes while files arrive), converting (when it must be converted here),

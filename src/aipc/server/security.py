@@ -9,7 +9,8 @@ Safe by default, because a model server on a laptop is reachable by every web pa
   "simple" cross-site POSTs (text/plain, no preflight) that CORS alone lets through.
 - API key: with `--api-key`, every route but the health check and the (static) chat page needs
   `Authorization: Bearer KEY`, compared in constant time.
-- Body size: over `max_body_bytes` is 413, from Content-Length at once or while a chunked body is read.
+- Body size: over `max_body_bytes` is 413, from Content-Length at once or while a chunked body is read (a
+  model file uploaded to /api/blobs/ is bounded by the store's free disk instead, in its route).
 
 Plain ASGI, no framework imports, so the CLI can use `is_loopback` without loading fastapi.
 """
@@ -108,16 +109,20 @@ class Guard:
                 return await _preflight(send, origin)
             if self.api_key is not None and scope["path"] not in PUBLIC_PATHS:
                 self._check_key(headers.get(b"authorization", b""), headers.get(b"api-key", b""))
+            # An uploaded model file (Ollama's blobs) is bounded by the store's free disk, in its route
+            limit = (
+                None if scope["method"] == "POST" and scope["path"].startswith("/api/blobs/") else self.max_body_bytes
+            )
             length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                raise BodyTooLarge(self.max_body_bytes)
+            if limit is not None and length is not None and (not length.isdigit() or int(length) > limit):
+                raise BodyTooLarge(limit)
         except APIError as error:
             if cors:
                 error.headers.update(_cors_headers(origin))
             return await send_error(send, error, scope["path"])
         if cors:
             send = _with_cors(send, origin)
-        await self.app(scope, _limited(receive, self.max_body_bytes), send)
+        await self.app(scope, receive if limit is None else _limited(receive, limit), send)
 
     def _check_host(self, host: str) -> None:
         name = host_name(host)

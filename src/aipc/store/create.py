@@ -19,7 +19,7 @@ from aipc.store.publish import staged
 from aipc.store.resolve import _CREATED as CREATED
 from aipc.store.resolve import EMBEDDED, canonical_ref, check
 
-__all__ = ["CREATED", "copy", "create", "new_name"]
+__all__ = ["CREATED", "copy", "create", "from_blob", "new_name"]
 
 
 def new_name(name: str) -> str:
@@ -67,6 +67,46 @@ def create(name: str, mf: Modelfile) -> store.Variant:
         if tmp is not None:
             store.write_manifest(tmp, manifest)
     return store.find(f"{name}@{CREATED}")[0]
+
+
+def from_blob(name: str, blob: Path, mf: Modelfile, source: dict[str, str]) -> store.Variant:
+    """A stored model made from an uploaded GGUF file (Ollama's /api/create with `files`): the file checked as
+    any GGUF is, hard-linked into a `gguf-<precision>` variant, with the Modelfile's settings (system prompt,
+    template, parameters, context cap) in its manifest, which `resolve` applies as it does a created model's.
+    An earlier created model of that name is replaced; weights never are."""
+    from aipc.store.gguf_header import context_length, precision, read_metadata
+    from aipc.store.resolve import checked_gguf
+
+    name = new_name(name)
+    existing = _find(name)
+    if any(v.variant != CREATED for v in existing):
+        raise UsageError(f"{name!r} is a stored model with weights: aipc rm {name} first, or choose another name")
+    meta = read_metadata(checked_gguf(blob))
+    variant = store.variant_name("gguf", precision(meta))
+    if existing:
+        store.remove(f"{name}@{CREATED}")
+    manifest = {
+        "name": name,
+        "variant": variant,
+        "format": "gguf",
+        "backend": "",
+        "precision": precision(meta),
+        "device_target": "cpu",
+        "architecture": meta.get("general.architecture"),
+        "context_length": context_length(meta),
+        "source": source,
+        "parameters": mf.parameters,
+        "system": mf.system,
+        "template": mf.template,
+        "license": mf.license,
+        "messages": mf.messages,
+        "num_ctx": mf.context_length,
+    }
+    with staged(store.variant_dir(name, variant)) as tmp:
+        if tmp is not None:
+            _link_or_copy(blob, tmp / "model.gguf")
+            store.write_manifest(tmp, {k: v for k, v in manifest.items() if v not in (None, {}, [])})
+    return store.find(f"{name}@{variant}")[0]
 
 
 def _check_no_cycle(name: str, base: str) -> None:

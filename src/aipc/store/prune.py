@@ -1,9 +1,11 @@
 """Reclaiming what killed or crashed writers left in the store: staging folders, scratch folders, removals
-cut short, unused lock files. `aipc prune` shows and frees them; every store write reclaims them quietly.
+cut short, unused lock files, uploads no model was made from. `aipc prune` shows and frees them; every store
+write reclaims them quietly.
 
 "Stale" is decided by locks, not by age: a staging folder is stale when its target's lock file can be taken
-(the process that was building it is gone), a scratch folder in `tmp/` when its own lock file can be taken.
-Nothing here follows a symbolic link: a link is removed as a link, never its target.
+(the process that was building it is gone), a scratch folder in `tmp/` when its own lock file can be taken. An
+upload is the exception: an Ollama client's blob (or partial one) untouched for an hour. Nothing here follows
+a symbolic link: a link is removed as a link, never its target.
 """
 
 from __future__ import annotations
@@ -94,7 +96,20 @@ def _candidates(home: Path) -> list[tuple[StaleItem, Path | None]]:
                 owner = place / name[1 : -len(".lock")]
                 if not os.path.lexists(owner) and not _staging_for(place, owner.name) and _free(entry):
                     found.append((StaleItem(entry, _size(entry), "a lock file nothing uses"), entry))
-    return found
+    return found + [(item, None) for item in _unused_uploads(home / "blobs")]
+
+
+def _unused_uploads(folder: Path) -> list[StaleItem]:
+    from aipc.store.blobs import UNUSED_AFTER_S
+
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    old = time.time() - UNUSED_AFTER_S
+    return [
+        StaleItem(entry, entry.lstat().st_size, "an upload no model was made from")
+        for entry in _entries(folder)
+        if entry.is_file() and not entry.is_symlink() and entry.lstat().st_mtime < old
+    ]
 
 
 def _staging_for(place: Path, target: str) -> bool:

@@ -164,9 +164,16 @@ def _stored(spec: str) -> list[ModelSource]:
     entry = catalog.CATALOG.get(spec.partition("@")[0])
 
     def defaults(v) -> dict[str, Any]:
-        """The catalog's curated values, or those a copy of a catalog model carries over (`aipc cp`)."""
+        """The catalog's curated values, or those a copy of a catalog model carries over (`aipc cp`), under
+        the PARAMETERs a model made from an uploaded file was created with."""
         kept = v.manifest.get("defaults")
-        return dict(entry.defaults) if entry else dict(kept) if isinstance(kept, dict) else {}
+        found = dict(entry.defaults) if entry else dict(kept) if isinstance(kept, dict) else {}
+        params = v.manifest.get("parameters")
+        return found | (params if isinstance(params, dict) else {})
+
+    def text(v, key: str) -> str | None:
+        value = v.manifest.get(key)
+        return value if isinstance(value, str) else None
 
     found = [
         ModelSource(
@@ -178,6 +185,9 @@ def _stored(spec: str) -> list[ModelSource]:
             v.device_target,
             v.variant,
             v.manifest.get("backend", ""),
+            system=text(v, "system"),
+            template=text(v, "template"),
+            context_length=v.manifest.get("num_ctx") if isinstance(v.manifest.get("num_ctx"), int) else None,
         )
         for v in store.find(spec)
         if v.variant != _CREATED

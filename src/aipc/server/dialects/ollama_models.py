@@ -1,8 +1,10 @@
-"""Ollama's model routes (/api/tags, /api/show, /api/ps, /api/pull, /api/delete, /api/copy), beside its chat
-and generate routes (ollama.py), whose error shape they share.
+"""Ollama's model routes (/api/tags, /api/show, /api/ps, /api/pull, /api/delete, /api/copy, /api/create,
+/api/blobs), beside its chat and generate routes (ollama.py), whose error shape they share.
 
-The routes that change the store (pull, delete, copy) are refused on a --read-only server; they do what the
-CLI's `aipc pull`, `aipc rm` and `aipc cp` do, through `server.library`, in worker threads.
+The routes that change the store (pull, delete, copy, create, a blob upload) are refused on a --read-only
+server; they do what the CLI's `aipc pull`, `aipc rm`, `aipc cp` and `aipc create` do, through `server.library`,
+in worker threads. A GGUF file uploaded as a blob (`aipc.store.blobs`) becomes a stored model when /api/create
+names it in `files`, as `ollama create` with a `FROM ./model.gguf` Modelfile sends it.
 """
 
 from __future__ import annotations
@@ -75,12 +77,29 @@ def register(app: FastAPI, state: core.ServerState) -> None:
         _check_writable(state)
         body = protocol.parse(protocol.CreateRequest, await core.read_json(request))
         mf = await run_in_threadpool(_modelfile, state, body)  # templates compile and render: off the loop
-        name = await run_in_threadpool(library.create, body.model_name, mf)
+        if body.files:
+            filename, digest = _gguf_file(body.files)
+            name = await run_in_threadpool(library.create_from_blob, body.model_name, filename, digest, mf)
+            steps = [f"using uploaded file {filename}", f"creating model {name}", "writing manifest", "success"]
+        else:
+            name = await run_in_threadpool(library.create, body.model_name, mf)
+            steps = [f"using existing model {mf.base}", f"creating model {name}", "writing manifest", "success"]
         await state.pool.stop(name)  # a loaded earlier version of it is not served again: the next request loads
         if not body.stream:
             return JSONResponse({"status": "success"})
-        steps = [f"using existing model {mf.base}", f"creating model {name}", "writing manifest", "success"]
         return Response(b"".join(json_bytes({"status": s}) + b"\n" for s in steps), media_type=NDJSON)
+
+    @app.head("/api/blobs/{digest}")
+    async def has_blob(digest: str) -> Response:
+        from aipc.store import blobs
+
+        found = await run_in_threadpool(blobs.has, _digest(digest))
+        return Response(status_code=200 if found else 404)
+
+    @app.post("/api/blobs/{digest}")
+    async def upload_blob(digest: str, request: Request) -> Response:
+        _check_writable(state)
+        return await _upload(_digest(digest), request)
 
     @app.post("/api/copy")
     async def copy(request: Request) -> Response:
@@ -195,23 +214,70 @@ def _running(e: Any, listed: library.Runnable | None) -> dict[str, Any]:
 _CREATE_FIELDS = ("system", "template", "license", "parameters", "messages", "modelfile")
 
 
+def _digest(digest: str) -> str:
+    from aipc.store import blobs
+
+    try:
+        blobs.parse(digest)
+    except AipcError as exc:
+        raise APIError(400, str(exc), param="digest") from None
+    return digest
+
+
+async def _upload(digest: str, request: Request) -> Response:
+    """POST /api/blobs/{digest}: the body kept under its digest when it has that digest (201), as Ollama does;
+    a blob the server has already is 200, its body unread."""
+    from aipc.store import blobs
+
+    if await run_in_threadpool(blobs.has, digest):
+        return Response(status_code=200)
+    upload = await run_in_threadpool(blobs.Upload, digest)
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                await run_in_threadpool(upload.write, chunk)
+    except blobs.DiskFullError as exc:
+        raise APIError(507, str(exc), code="insufficient_storage") from None
+    except BaseException:
+        upload.discard()
+        raise
+    if not await run_in_threadpool(upload.finish):
+        raise APIError(400, f"the uploaded bytes do not have the digest {digest}", param="digest")
+    return Response(status_code=201)
+
+
+def _gguf_file(files: dict[str, Any]) -> tuple[str, str]:
+    """/api/create's `files` (file name -> blob digest): one GGUF file is what aipc makes a model from."""
+    ggufs = [(name, digest) for name, digest in files.items() if str(name).lower().endswith(".gguf")]
+    if len(files) != 1 or len(ggufs) != 1 or not isinstance(ggufs[0][1], str):
+        raise APIError(
+            400,
+            f"files must name one .gguf file and its blob digest, got {sorted(map(str, files))[:4]}: a model from "
+            "safetensors or several files is made with aipc convert",
+            param="files",
+        )
+    return ggufs[0][0], _digest(ggufs[0][1])
+
+
 def _modelfile(state: core.ServerState, body: protocol.CreateRequest) -> Any:
-    """The Modelfile an /api/create body describes, its base a name this server may open."""
+    """The Modelfile an /api/create body describes, its base a name this server may open (or, with `files`,
+    the uploaded file's settings: its base is that file)."""
     from aipc.store.modelfile import from_fields, parse
 
-    for field, what in (("files", "uploaded weights (files)"), ("adapters", "adapters (LoRA)")):
-        if getattr(body, field):
-            message = f"{what} are not supported: create from a model this server has (from), or aipc convert it"
-            raise APIError(400, message, param=field)
+    if body.adapters:
+        message = "adapters (LoRA) are not supported: merge them into the model, or aipc convert it"
+        raise APIError(400, message, param="adapters")
     if body.quantize or body.quantization:
         message = "quantize is not supported on create: aipc convert MODEL --precision int4 makes a quantized model"
         raise APIError(400, message, param="quantize")
+    if body.files and (body.from_ or body.modelfile):
+        raise APIError(400, "files and from cannot both be set: a model is made from one or the other", param="files")
     try:
         if body.modelfile:
             mf = parse(body.modelfile, paths=state.settings.allow_paths)
-        elif body.from_:
+        elif body.from_ or body.files:
             mf = from_fields(
-                state.check_name(body.from_),
+                state.check_name(body.from_) if body.from_ else "uploaded-file",
                 system=body.system,
                 template=body.template,
                 license=body.license,
@@ -224,7 +290,8 @@ def _modelfile(state: core.ServerState, body: protocol.CreateRequest) -> Any:
     except AipcError as exc:
         field = str(exc).split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
         raise to_api_error(exc, param=field if field in _CREATE_FIELDS else "from") from None
-    mf.base = state.check_name(mf.base)  # a path only on a server started with --allow-paths
+    if not body.files:
+        mf.base = state.check_name(mf.base)  # a path only on a server started with --allow-paths
     return mf
 
 

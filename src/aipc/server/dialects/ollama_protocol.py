@@ -191,8 +191,8 @@ class CreateRequest(_Named):
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
     modelfile: str | None = None  # older clients send a whole Modelfile
-    # What aipc does not take: weights uploaded as blobs, LoRA adapters, quantizing on creation.
-    files: dict[str, Any] | None = None
+    files: dict[str, Any] | None = None  # file name -> blob digest (one GGUF file)
+    # What aipc does not take: LoRA adapters, quantizing on creation.
     adapters: dict[str, Any] | None = None
     quantize: str | None = None
     quantization: str | None = None
