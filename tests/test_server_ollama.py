@@ -180,12 +180,30 @@ def test_generate_refuses_what_it_cannot_honour(http):
     for extra, fragment in (
         ({"suffix": "x"}, "suffix"),
         ({"template": "{{ .Prompt }}"}, "template"),
-        ({"context": [1, 2]}, "context"),
+        ({"context": [1, 2], "raw": True}, "context is not used with raw"),
+        ({"context": [1, 10**9]}, "token id 1000000000 is not in this model's vocabulary"),
+        ({"context": [-1]}, "token id -1"),
     ):
         r = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False} | extra)
         assert r.status_code == 400 and fragment in r.json()["error"], r.text
     r = http.post("/api/nowhere", json={})
     assert r.status_code == 404 and "unknown URL" in r.json()["error"]  # Ollama's shape under /api/ too
+
+
+def test_generate_returns_a_context_that_goes_on_with_the_conversation(client, http):
+    """Ollama's deprecated `context`, which older clients still send back: the conversation's tokens so far."""
+    opts = {"temperature": 0, "num_predict": 12}
+    first = client.generate(model=MODEL, prompt="My name is Ada.", options=opts)
+    assert first.context and len(first.context) >= first.prompt_eval_count + first.eval_count - 1
+    second = client.generate(model=MODEL, prompt="What is my name?", context=first.context, options=opts)
+    assert second.prompt_eval_count > len(first.context) and second.context[: len(first.context)] == first.context
+    alone = client.generate(model=MODEL, prompt="What is my name?", options=opts)
+    assert second.prompt_eval_count == len(first.context) + alone.prompt_eval_count
+    streamed = list(client.generate(model=MODEL, prompt="Hi", context=first.context, options=opts, stream=True))
+    assert streamed[-1].done and streamed[-1].context[: len(first.context)] == first.context
+    assert all(not chunk.context for chunk in streamed[:-1])
+    raw = client.generate(model=MODEL, prompt="The capital of France is", raw=True, options=opts)
+    assert not raw.context  # a raw prompt has no conversation to go on with, as in Ollama
 
 
 def test_head_root_and_version(http):

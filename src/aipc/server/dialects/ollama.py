@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from aipc.engine.events import Done, TextDelta, ToolCall
-from aipc.errors import InvalidConfigError
+from aipc.errors import AipcError, InvalidConfigError
 from aipc.server import core, embedding, errors
 from aipc.server.dialects import ollama_protocol as protocol
 from aipc.server.dialects.openai_logprobs import TokenNames, chat_content
@@ -111,7 +111,7 @@ async def _generate(state: core.ServerState, request: Request, *, chat: bool) ->
         return core.gone()
     names = TokenNames(entry.model) if body.logprobs else None
     # as Ollama: responses name the model as the request did (`smollm2`, not the catalog's smollm2:135m)
-    shape = _Shape(body.model, chat=chat, started=started, load_s=load_s, names=names)
+    shape = _Shape(body.model, chat=chat, started=started, load_s=load_s, names=names, context=not (chat or body.raw))
     if body.stream:
         return core.StreamResponse(shape.stream(generation), generation.pump, NDJSON)
     events = await generation.collect(request)
@@ -189,8 +189,12 @@ def _refuse_unsupported(body: Any, *, chat: bool) -> None:
             "send a formatted prompt with raw: true instead",
             param="template",
         )
-    if body.context:
-        raise APIError(400, "context is not supported: send the conversation to /api/chat", param="context")
+    if body.context and body.raw:
+        raise APIError(
+            400,
+            "context is not used with raw: a raw prompt is sent as it is, so put the earlier text in it",
+            param="context",
+        )
 
 
 def _no_images(param: str) -> APIError:
@@ -301,6 +305,8 @@ def _text_prepare(body: Any, options: dict, asked: int | None, ctx: int | None) 
     messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
         {"role": "user", "content": body.prompt}
     ]
+    if body.context:
+        return _continued(body.context, messages, options, asked, ctx)
 
     def prepare_chat(entry: core.Entry) -> core.Prepared:
         return core.chat_prompt(
@@ -315,6 +321,29 @@ def _text_prepare(body: Any, options: dict, asked: int | None, ctx: int | None) 
         )
 
     return prepare_chat
+
+
+def _continued(context: list[int], messages: list, options: dict, asked: int | None, ctx: int | None) -> Callable:
+    """/api/generate with the `context` an earlier answer returned (deprecated in Ollama, still sent by older
+    clients): those tokens, then this prompt in the chat template (its text never read as control tokens, and
+    no second beginning-of-sequence token), as Ollama joins them."""
+
+    def prepare(entry: core.Entry) -> core.Prepared:
+        model = entry.model
+        try:
+            earlier = model.check_ids(context)
+        except AipcError as exc:
+            raise to_api_error(exc, param="context") from None
+        turn = model.encode(messages)
+        bos = model.info.bos_token
+        # A beginning-of-sequence token starts the turn once (Phi-3's <s>), unlike a ChatML model's <|im_start|>,
+        # which marks every turn
+        if bos and model.format(messages).count(bos) <= 1 and turn[:1] == model.tokenize(bos):
+            turn = turn[1:]
+        ids = earlier + turn
+        return core.text_prompt(entry, ids, options, asked=asked, param_of=_param, context_length=ctx, within_room=True)
+
+    return prepare
 
 
 async def _load_only(
@@ -347,9 +376,12 @@ def _ns(seconds: float) -> int:
 class _Shape:
     """Ollama's response objects for one request: NDJSON lines as tokens come, or one object."""
 
-    def __init__(self, model: str, *, chat: bool, started: float, load_s: float, names: TokenNames | None) -> None:
+    def __init__(
+        self, model: str, *, chat: bool, started: float, load_s: float, names: TokenNames | None, context: bool
+    ) -> None:
         self.model = model
         self.chat = chat
+        self.context = context  # /api/generate's final object carries the conversation's tokens (not raw)
         self.started = started
         self.load_s = load_s
         self.names = names  # with `logprobs`: token ids -> text and bytes
@@ -387,6 +419,8 @@ class _Shape:
             body["response"] = text
         if self.names is not None and tokens is not None:
             body["logprobs"] = chat_content(tokens, self.names)
+        if self.context:  # what a client sends back as `context` to go on: the prompt's tokens and the answer's
+            body["context"] = [*prepared.prompt, *done.token_ids]
         return body | {
             "done": True,
             "done_reason": done.finish_reason if done.finish_reason in ("stop", "length") else "stop",
