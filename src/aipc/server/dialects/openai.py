@@ -106,6 +106,8 @@ async def _complete(state: core.ServerState, request: Request, *, chat: bool) ->
         return core.gone()
     logprobs = bool(body.logprobs) if chat else body.logprobs is not None
     shape = _Shape(entry, chat=chat, include_usage=body.include_usage, logprobs=logprobs)
+    # OpenAI answers a call it was made to make (tool_choice naming a function) with finish_reason "stop"
+    shape.named_tool = chat and isinstance(body.tool_choice, dict)
     runs = _Runs(state, request, entry, jobs, body.n)
     if not body.stream and body.n > 1 and body.seed is None and len(jobs) == body.n:
         answered = await _together(request, shape, runs)
@@ -287,6 +289,7 @@ class _Shape:
         self.chat = chat
         self.include_usage = include_usage
         self.logprobs = logprobs
+        self.named_tool = False
         self.names = TokenNames(entry.model)
         self.id = protocol.new_id("chatcmpl" if chat else "cmpl")
         self.head = {
@@ -325,7 +328,7 @@ class _Shape:
     def choice(self, index: int, events: list[Any], prepared: core.Prepared) -> tuple[dict[str, Any], Done]:
         deltas = [e for e in events if isinstance(e, TextDelta)]
         done = next(e for e in events if isinstance(e, Done))
-        reason = _finish_reason(done)
+        reason = _finish_reason(done, self.named_tool)
         text = prepared.echo + "".join(d.text for d in deltas)
         logprobs = None
         if self.chat:
@@ -447,7 +450,7 @@ class _Shape:
         )
 
     def _end(self, index: int, done: Done, lp: CompletionLogprobs | None = None) -> bytes:
-        reason = _finish_reason(done)
+        reason = _finish_reason(done, self.named_tool)
         if self.chat:
             choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
         else:
@@ -460,5 +463,9 @@ def _call(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
-def _finish_reason(done: Done) -> str:
+def _finish_reason(done: Done, named_tool: bool = False) -> str:
+    """OpenAI's: "tool_calls" for calls the model chose to make (tool_choice auto or required), "stop" for the call
+    a named tool_choice made it make, as OpenAI (and vLLM) answer them."""
+    if done.finish_reason == "tool_calls" and named_tool:
+        return "stop"
     return done.finish_reason if done.finish_reason in _FINISH_REASONS else "stop"
