@@ -18,7 +18,8 @@ def test_ollama_defaults_fill_what_nothing_else_sets(tmp_path):
     assert defaults.for_source(source) == {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1}
     # GenerationConfig's own defaults are the same, so a config made without a model samples alike.
     config = GenerationConfig()
-    assert {k: getattr(config, k) for k in defaults.OPTIONS} == defaults.OLLAMA
+    assert {k: getattr(config, k) for k in defaults.OLLAMA} == defaults.OLLAMA
+    assert config.min_p == 0 and set(defaults.OPTIONS) == {*defaults.OLLAMA, "min_p"}  # min_p: off unless set
 
 
 def test_the_model_files_then_the_catalog_win(tmp_path):
