@@ -41,11 +41,9 @@ def create(name: str, mf: Modelfile) -> store.Variant:
     if mf.base.partition("@")[0] == name:
         raise UsageError(f"{name!r} cannot be made FROM itself")
     check(mf.base)
-    existing = store.find(name)
-    if any(v.variant != CREATED for v in existing):
-        raise UsageError(f"{name!r} is a stored model with weights: aipc rm {name} first, or choose another name")
+    replaced = _replaceable(name)
     _check_no_cycle(name, mf.base)
-    if existing:
+    if replaced:
         store.remove(f"{name}@{CREATED}")
     manifest = {
         "name": name,
@@ -78,12 +76,10 @@ def from_blob(name: str, blob: Path, mf: Modelfile, source: dict[str, str]) -> s
     from aipc.store.resolve import checked_gguf
 
     name = new_name(name)
-    existing = _find(name)
-    if any(v.variant != CREATED for v in existing):
-        raise UsageError(f"{name!r} is a stored model with weights: aipc rm {name} first, or choose another name")
+    replaced = _replaceable(name)
     meta = read_metadata(checked_gguf(blob))
     variant = store.variant_name("gguf", precision(meta))
-    if existing:
+    if replaced:
         store.remove(f"{name}@{CREATED}")
     manifest = {
         "name": name,
@@ -107,6 +103,15 @@ def from_blob(name: str, blob: Path, mf: Modelfile, source: dict[str, str]) -> s
             _link_or_copy(blob, tmp / "model.gguf")
             store.write_manifest(tmp, {k: v for k, v in manifest.items() if v not in (None, {}, [])})
     return store.find(f"{name}@{variant}")[0]
+
+
+def _replaceable(name: str) -> bool:
+    """Whether an earlier created model of `name` is there to be replaced; a stored model with weights under the
+    name is an error (weights are never replaced)."""
+    existing = _find(name)
+    if any(v.variant != CREATED for v in existing):
+        raise UsageError(f"{name!r} is a stored model with weights: aipc rm {name} first, or choose another name")
+    return bool(existing)
 
 
 def _check_no_cycle(name: str, base: str) -> None:

@@ -335,10 +335,10 @@ def _continued(context: list[int], messages: list, options: dict, asked: int | N
         except AipcError as exc:
             raise to_api_error(exc, param="context") from None
         turn = model.encode(messages)
-        bos = model.info.bos_token
+        bos = model.tokenize(model.info.bos_token) if model.info.bos_token else []
         # A beginning-of-sequence token starts the turn once (Phi-3's <s>), unlike a ChatML model's <|im_start|>,
         # which marks every turn
-        if bos and model.format(messages).count(bos) <= 1 and turn[:1] == model.tokenize(bos):
+        if len(bos) == 1 and turn[:1] == bos and turn.count(bos[0]) == 1:
             turn = turn[1:]
         ids = earlier + turn
         return core.text_prompt(entry, ids, options, asked=asked, param_of=_param, context_length=ctx, within_room=True)
