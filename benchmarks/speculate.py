@@ -227,7 +227,7 @@ def main() -> int:
     ap.add_argument(
         "--repeat-penalty",
         type=float,
-        help="the repetition penalty for every run (default: the model's own, 1.0 for the embedded model)",
+        help="the repetition penalty for every run (default: the model's own, 1.1 for the embedded model)",
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

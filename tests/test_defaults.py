@@ -75,8 +75,7 @@ def test_gguf_sampling_keys_are_read(tmp_path):
 def test_embedded_model_defaults_and_the_verbose_line():
     found = defaults.resolve(resolve("smollm2:135m"))
     assert found.values == defaults.for_source(resolve("smollm2:135m"))
-    # The model card's: no penalty, stated so that Ollama's 1.1 does not fill it in (benchmarks/stop_rate.py)
-    assert found.values["repetition_penalty"] == 1.0 and defaults.OLLAMA["repetition_penalty"] == 1.1
+    assert found.values["repetition_penalty"] > 1  # SmolLM2-135M loops without one (benchmarks/stop_rate.py)
     line = found.summary()
     assert line.startswith("sampling: temperature ") and "repeat_penalty" in line and "(smollm2:135m defaults" in line
     assert "set: repeat_penalty" in found.summary({"repetition_penalty": 1.3})
@@ -198,4 +197,4 @@ def test_show_prints_the_sampling_that_run_applies():
     assert shown.returncode == 0, shown.stderr
     params = dict(ln.split(None, 1) for ln in shown.stdout.splitlines() if ln.strip())
     # The catalog's temperature, top_p and penalty, and Ollama's top_k for what the catalog leaves out.
-    assert params == {"temperature": "0.2", "top_p": "0.9", "repeat_penalty": "1.0", "top_k": "40"}
+    assert params == {"temperature": "0.2", "top_p": "0.9", "repeat_penalty": "1.1", "top_k": "40"}

