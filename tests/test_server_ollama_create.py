@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
-import tests.test_server_ollama as base
+import tests.test_server_ollama as ollama_tests
 from aipc.store import store
 
-MODEL, PARIS, _parameters = base.MODEL, base.PARIS, base._parameters
-server, client, http = base.server, base.client, base.http  # the same fixtures: a server of this module's own
+MODEL, PARIS, _parameters = ollama_tests.MODEL, ollama_tests.PARIS, ollama_tests._parameters
+# the same fixtures, so this module starts a server of its own
+server, client, http = ollama_tests.server, ollama_tests.client, ollama_tests.http
 
 
 def test_create_from_a_model_with_a_system_prompt_and_parameters(client, http):
