@@ -58,7 +58,11 @@ def test_costs_come_from_measurement_and_fill_gaps_between_measured_widths():
     costs = _costs(t2=1.2, t9=2.0)
     assert costs.ratio(2) == pytest.approx(1.2)
     assert costs.ratio(5) == pytest.approx(1.2 + 0.8 * 3 / 7)  # between the measured 2 and 9
-    assert costs.ratio(11) == pytest.approx(2.0 + 2 * StepCosts.PRIOR_PER_TOKEN)  # beyond: along the prior's slope
+    # beyond: along the steeper of the prior's slope and the two widest measured points' (here 0.8 / 7)
+    assert costs.ratio(11) == pytest.approx(2.0 + 2 * 0.8 / 7)
+    assert _costs(t2=1.05, t9=1.1).ratio(11) == pytest.approx(1.1 + 2 * StepCosts.PRIOR_PER_TOKEN)
+    # llama.cpp's Q4_1 CPU kernels: a check grows by about half a plain step a token, and wider ones keep doing so
+    assert _costs(t5=3.8, t13=7.0).ratio(33) == pytest.approx(7.0 + 20 * 0.4)
 
 
 def test_replay_counts_steps_and_their_costs():
@@ -203,6 +207,50 @@ def test_the_per_step_rule_turns_drafting_on_for_copies_and_off_for_new_text():
         stepper.push(token)
     assert stepper.width() == 0
     stepper.finish()
+
+
+def _copy_with(stepper: Stepper, source: list[int], n: int) -> list[int]:
+    """Steps of an answer that copies `source`: each keeps the matching drafts and one more token; the widths."""
+    written, widths = 0, []
+    while written < n:
+        widths.append(stepper.width())
+        draft = stepper.propose(widths[-1])
+        stepper.drafted(draft)
+        kept = 0
+        while kept < len(draft) and draft[kept] == source[written + kept]:
+            kept += 1
+        for token in source[written : written + kept + 1]:
+            stepper.push(token)
+        written += kept + 1
+    return widths
+
+
+def test_a_copy_in_progress_counts_before_its_longest_drafts_close():
+    """Where checks grow with every token (llama.cpp's Q4_1 kernels), only the widest drafts of a faithful copy
+    pay. Their outcome is known only 32 tokens later; positions still matching count as far as they have
+    matched, so the rule widens within the copy rather than after it."""
+    governor = Governor(pads_misses=False, widths=speculate.WIDE_WIDTHS)
+    governor.costs.observe(1, 0.010)
+    for n in (2, 5, 9, 13, 17, 33):
+        governor.costs.observe(n, 0.010 * (1 + 0.42 * (n - 1)))
+    source = list(range(1000, 1120))
+    stepper = governor.stepper([5, 6, *source, 7])
+    widths = _copy_with(stepper, source, 60)
+    assert max(widths[:8]) >= 16, widths
+    assert stepper.counts.accepted == stepper.counts.drafted > 0
+    shadow = Shadow(Lookup([1, 2, 3, 4, 5, 6]), depth=4)
+    for token in (1, 2, 3):
+        shadow.push(token)
+    # position 0: nothing to look up; 1 and 2: [2, 3, 4, 5] and [3, 4, 5, 6] open, matched 2 and 1 so far
+    assert shadow.recent(8) == [(0, 0), (2, 2), (1, 1)]
+    assert shadow.known() == 1
+
+
+def test_drafts_stop_at_the_token_that_ends_the_answer():
+    stepper = Governor(pads_misses=False).stepper([1, 2, 3, 99, 4, 5, 1, 2])
+    assert stepper.propose(5) == [3, 99, 4, 5, 1]
+    assert stepper.propose(5, lambda token: token == 99) == [3, 99]
+    assert stepper.propose(0, lambda token: token == 99) == []
 
 
 def test_stepper_counts_only_the_accepted_prefix():

@@ -238,7 +238,8 @@ class LlamaCppModel:
         # Log-probs read the context's last logits row, which is the sampled token's only when one token is
         # checked per step: a request that asks for them (or constrains with a grammar) is decoded without drafts.
         paused = k is not None or config.json_schema is not None
-        stepper = self._drafter.start(ids, seeded, paused=paused) if self._drafter is not None else None
+        ends = None if config.ignore_eos else (lambda t: t in self._stop_ids or self._is_eog(t))
+        stepper = self._drafter.start(ids, seeded, paused=paused, ends=ends) if self._drafter is not None else None
         self._keep_chunks(ids)
         tokens = self._llm.generate(
             ids,

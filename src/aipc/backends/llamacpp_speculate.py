@@ -18,7 +18,7 @@ array is sized without it.)
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter as _now
 
@@ -52,7 +52,7 @@ class Drafter(LlamaDraftModel):
     """The hook `Llama.generate` calls before each step: drafts by the chosen mode, and measures each step."""
 
     def __init__(self, mode: speculate.Speculation, gpu_layers: int, n_ctx: int) -> None:
-        self.governor = speculate.Governor(pads_misses=False)
+        self.governor = speculate.Governor(pads_misses=False, widths=speculate.WIDE_WIDTHS)
         self.mode = mode
         self._lookup = LlamaPromptLookupDecoding(speculate.MAX_NGRAM, speculate.DEFAULT_WIDTH)
         self._draft_model: DraftLlama | None = None
@@ -64,6 +64,7 @@ class Drafter(LlamaDraftModel):
         self.stepper: speculate.Stepper | None = None
         self.paused = False
         self._last: tuple[float, int] | None = None  # (when the previous step was asked for, tokens it checked)
+        self._ends: Callable[[int], bool] | None = None
 
     def attach(self, llm: SpeculativeLlama) -> None:
         """The model this drafter drafts for; a draft model must share its tokenizer."""
@@ -81,10 +82,18 @@ class Drafter(LlamaDraftModel):
             self._draft_model.close()
             self._draft_model = None
 
-    def start(self, prompt: Sequence[int], seeded: bool = False, paused: bool = False) -> speculate.Stepper:
+    def start(
+        self,
+        prompt: Sequence[int],
+        seeded: bool = False,
+        paused: bool = False,
+        ends: Callable[[int], bool] | None = None,
+    ) -> speculate.Stepper:
         """A new generation: its own stepper; the first step after the prompt's prefill is not timed. A paused
-        generation drafts nothing (one token per step, as without a drafter)."""
+        generation drafts nothing (one token per step, as without a drafter). `ends`: the tokens the answer
+        stops at, after which `auto` drafts nothing."""
         self.paused = paused
+        self._ends = ends
         if self.mode.mode == "auto":
             self.stepper = self.governor.stepper(prompt, seeded=seeded)
         else:
@@ -107,7 +116,7 @@ class Drafter(LlamaDraftModel):
         elif self.mode.mode == "draft":
             draft = self._draft_model.propose(input_ids, speculate.DEFAULT_WIDTH)
         else:
-            draft = stepper.propose(stepper.width())
+            draft = stepper.propose(stepper.width(), self._ends)
         stepper.drafted(draft)
         self.llm.checking = bool(draft)
         self._last = (_now(), 1 + len(draft))

@@ -44,6 +44,10 @@ MODES = ("auto", "off", "lookup", "draft:MODEL")
 MAX_NGRAM = 3  # the longest n-gram lookup matches (then shorter ones, down to one token)
 DEFAULT_WIDTH = 5  # draft tokens per step when speculation is asked for explicitly (`lookup`, `draft:`)
 WIDTHS = (1, 2, 3, 4, 6, 8, 12)  # widths `auto` chooses among
+# Where drafting decides per step and a step checks only what lookup found (llama.cpp), wider drafts cost only
+# when they are accepted: a long copy can use them. They pay where a check of many tokens costs little more than
+# one of a few (llama.cpp's Q4_1 CPU kernels: a check of 13 tokens costs 6.5 plain steps, of 33 tokens 13.8).
+WIDE_WIDTHS = (*WIDTHS, 16, 24, 32)
 MARGIN = 0.05  # speculate when the replay predicts at least this much more speed than plain decoding
 LONG_PROMPT = 64  # new prompt tokens from which a request counts as one answers may copy from
 PRIOR_WIDTH = 4  # the width a long prompt starts with before anything is measured
@@ -166,6 +170,14 @@ class Shadow:
         self._open = still
         self.lookup.append(token)
 
+    def recent(self, window: int) -> list[tuple[int, int]]:
+        """The last `window` positions, those still open counted as far as they have matched, (matched,
+        matched): a passage being copied counts as drafts as long as what has been confirmed of them, not as
+        nothing until its longest proposal closes."""
+        opened = {position: matched for position, _, matched in self._open}
+        start = max(0, len(self.runs) - window)
+        return [run if run is not None else (opened[i], opened[i]) for i, run in enumerate(self.runs[start:], start)]
+
     def known(self) -> int:
         """How many positions, from the start, are measured (up to the first one still open)."""
         runs, n = self.runs, self._known
@@ -228,8 +240,13 @@ class StepCosts:
             (n0, r0), (n1, r1) = below[-1], above[0]
             return max(r0 + (r1 - r0) * (tokens - n0) / (n1 - n0), 1.0)
         n0, r0 = below[-1] if below else above[0]
-        # beyond the measured widths: the measured point, moved along the prior's slope
-        return max(r0 + self.PRIOR_PER_TOKEN * (tokens - n0), 1.0)
+        # beyond the measured widths: the measured point, moved along the steeper of the prior's slope and the
+        # slope of the two widest measured points (checks on some runtimes grow by half a plain step a token)
+        slope = self.PRIOR_PER_TOKEN
+        if len(below) >= 2:
+            (n1, r1), (n2, r2) = below[-2], below[-1]
+            slope = max(slope, (r2 - r1) / (n2 - n1))
+        return max(r0 + slope * (tokens - n0), 1.0)
 
 
 def replay(runs: Sequence[tuple[int, int]], width: int, ratios: Sequence[float], *, pads_misses: bool) -> float:
@@ -372,7 +389,7 @@ class Governor:
 
     def record(self, kind: str, prompt: Sequence[int], answer: Sequence[int]) -> None:
         """Measure lookup on a finished answer (replayed from its tokens, free) for the next plan."""
-        shadow = Shadow(Lookup(prompt))
+        shadow = Shadow(Lookup(prompt), depth=max(self.widths))
         for token in answer:
             shadow.push(int(token))
         self.remember(kind, prompt, shadow)
@@ -413,7 +430,7 @@ class Stepper:
         self.governor = governor
         self.kind = kind
         self.prompt = list(prompt)
-        self.shadow = Shadow(Lookup(prompt))
+        self.shadow = Shadow(Lookup(prompt), depth=max(governor.widths))
         self.counts = Counts()
         self._planned = width
         self._fixed = fixed
@@ -435,21 +452,27 @@ class Stepper:
         """Tokens to draft at this step (0: a plain step)."""
         if self._fixed:
             return self._planned
-        known = self.shadow.known()
+        known = len(self.shadow.runs)
         if known < _MIN_EVIDENCE:
             return self._planned
         if self._decided and known - self._decided[0] < RECONSIDER:
             return self._decided[1]
-        runs = self.shadow.runs[max(0, known - WINDOW) : known]
+        runs = self.shadow.recent(WINDOW)
         width, speed = best_width(runs, self.governor.costs, pads_misses=False, widths=self.governor.widths)
         # hysteresis: drafting starts above 1 + MARGIN and stops once it no longer gains anything
         self._on = speed > 1.0 if self._on else speed >= 1.0 + MARGIN
         self._decided = (known, width if self._on else 0)
         return self._decided[1]
 
-    def propose(self, width: int) -> list[int]:
-        """Prompt lookup's draft of up to `width` tokens from the text so far."""
-        return self.shadow.lookup.propose(width) if width > 0 else []
+    def propose(self, width: int, ends=None) -> list[int]:
+        """Prompt lookup's draft of up to `width` tokens from the text so far, cut after the first token for which
+        `ends` is true (the answer stops there: what a draft holds beyond it is never used)."""
+        draft = self.shadow.lookup.propose(width) if width > 0 else []
+        if ends is not None:
+            for i, token in enumerate(draft):
+                if ends(token):
+                    return draft[: i + 1]
+        return draft
 
     def drafted(self, draft: Sequence[int]) -> None:
         """The draft the model checks at this step, whatever drafted it."""
