@@ -95,6 +95,31 @@ def test_greedy_output_is_token_identical_with_and_without_speculation(exact, ba
             assert auto.drafted > 0 and auto.accepted > 0, auto  # a long new prompt starts speculating
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_openais_penalties_keep_greedy_output_unchanged_by_speculation(exact, backend):
+    """presence and frequency penalties count the answer's tokens, drafted ones only once they are accepted:
+    OpenVINO GenAI's prompt-lookup pipeline applies them itself; ONNX Runtime GenAI has none, so aipc shapes its
+    logits between steps and decodes one token a step (nothing drafted)."""
+    ref, load = exact[backend]
+    settings = [
+        {**GREEDY, "repetition_penalty": 1.0, **p} for p in ({"presence_penalty": 1.0}, {"frequency_penalty": 0.5})
+    ]
+    answers = {}
+    for mode in ("off", "lookup", "auto"):
+        with aipc.load(ref, backend=backend, device="cpu", speculate=mode, **load) as model:
+            for i, options in enumerate(settings):
+                *_, answers[mode, i] = model.stream(COPY, **options)
+    for i in range(len(settings)):
+        plain = answers["off", i].token_ids
+        for mode in ("lookup", "auto"):
+            done = answers[mode, i]
+            assert tuple(done.token_ids) == tuple(plain), (mode, settings[i])
+            if backend == "onnxruntime":
+                assert done.drafted == 0, (mode, settings[i])
+            elif mode == "lookup":
+                assert done.accepted > 0.5 * done.drafted > 0, (mode, settings[i])
+
+
 def test_openvino_auto_switches_pipelines_mid_answer_without_changing_it(exact, caplog):
     """OpenVINO fixes the draft width for a whole generation, so `auto` plans each request from earlier answers
     and corrects the plan while the answer is generated, by continuing in the other pipeline. The governor is
