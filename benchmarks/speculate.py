@@ -1,7 +1,7 @@
 """Speculative decoding: plain decoding (`speculate=off`) against `auto`, per backend, alternated in one run.
 
-Each configuration is a worker process holding one opened model; runs alternate between the two (the order
-rotating every round) so drift on a noisy machine hits both alike. Tasks are chat prompts, greedy:
+One worker process per backend holds the model opened twice, plain and `auto`; runs alternate between the two
+(the order rotating every round) so drift on a noisy machine hits both alike. Tasks are chat prompts, greedy:
 
 - copy-heavy: copy a paragraph; rewrite it in another tense; answer with quotes from a pasted text;
 - open-ended: a story; a list of ideas.
@@ -63,13 +63,14 @@ EMBEDDED = {
 
 
 def worker() -> None:
-    """A worker process: {"load": ...} then {"run": task} (or {"run": name, "prompt": text}) lines in, one JSON
-    reply per line out."""
+    """A worker process: {"load": ..., "as": name} then {"run": task, "on": name} (or {"run": name, "prompt":
+    text}) lines in, one JSON reply per line out. It may hold several models ("as"/"on" name them; one model
+    needs no name)."""
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     import aipc
 
-    model = None
+    models: dict[str, object] = {}
     for line in sys.stdin:
         cmd = json.loads(line)
         try:
@@ -80,9 +81,10 @@ def worker() -> None:
 
                     Speculator.MAX_SWITCHES = 0
                 started = time.perf_counter()
-                model = aipc.load(**load)
+                model = models[cmd.get("as", "")] = aipc.load(**load)
                 reply = {"load_s": time.perf_counter() - started, "path": model.info.path}
             elif "run" in cmd:
+                model = models[cmd.get("on", "")]
                 prompt = cmd.get("prompt") or TASKS[cmd["run"]][1]
                 started = time.perf_counter()
                 *_, done = model.stream(prompt, temperature=0, max_tokens=cmd["max_tokens"])
@@ -104,7 +106,9 @@ def worker() -> None:
 
 
 class Worker:
-    def __init__(self, load: dict) -> None:
+    """A worker process; given `load`, holding that one model (else `load` them, named)."""
+
+    def __init__(self, load: dict | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker"],
             stdin=subprocess.PIPE,
@@ -112,7 +116,10 @@ class Worker:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        self.loaded = self.ask({"load": load})
+        self.loaded = self.ask({"load": load}) if load is not None else {}
+
+    def load(self, name: str, load: dict) -> dict:
+        return self.ask({"load": load, "as": name})
 
     def ask(self, cmd: dict) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
@@ -129,18 +136,18 @@ class Worker:
 def measure(
     backend: str, model: str, tasks: list[str], repeats: int, max_tokens: int, say, sampling: dict | None = None
 ) -> dict:
-    """off and auto on one backend, alternated; per task: medians, acceptance and agreement. `sampling`
-    overrides the model's own defaults (the runs are greedy either way: temperature 0)."""
-    workers = {}
+    """off and auto on one backend, alternated in one worker process (separate processes ran 5-10% apart on
+    identical plain decoding here); per task: medians, acceptance and agreement. `sampling` overrides the
+    model's own defaults (the runs are greedy either way: temperature 0)."""
+    w = Worker()
+    loaded = {}
     for setting in ("off", "auto"):  # loaded one after the other
         say(f"{backend}: loading {model} speculate={setting}")
-        w = Worker({"model": model, "backend": backend, "device": "cpu", "speculate": setting, "sampling": sampling})
-        if "error" in w.loaded:
-            for other in workers.values():
-                other.close()
+        load = {"model": model, "backend": backend, "device": "cpu", "speculate": setting, "sampling": sampling}
+        loaded[setting] = w.load(setting, load)
+        if "error" in loaded[setting]:
             w.close()
-            return {"backend": backend, "model": model, "error": w.loaded["error"]}
-        workers[setting] = w
+            return {"backend": backend, "model": model, "error": loaded[setting]["error"]}
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
         for r in range(1 + repeats):
@@ -148,14 +155,13 @@ def measure(
                 order = ["off", "auto"] if (r + tasks.index(task)) % 2 == 0 else ["auto", "off"]
                 for setting in order:
                     say(f"{backend}: round {r}, {task}, speculate={setting}")
-                    reply = workers[setting].ask({"run": task, "max_tokens": max_tokens})
+                    reply = w.ask({"run": task, "on": setting, "max_tokens": max_tokens})
                     if "error" in reply:
                         raise RuntimeError(f"{backend} {task} {setting}: {reply['error']}")
                     runs.setdefault((task, setting), []).append(reply)
     finally:
-        for w in workers.values():
-            w.close()
-    out = {"backend": backend, "model": model, "path": workers["off"].loaded["path"], "tasks": {}}
+        w.close()
+    out = {"backend": backend, "model": model, "path": loaded["off"]["path"], "tasks": {}}
     for task in tasks:
         plain, auto = runs[(task, "off")], runs[(task, "auto")]
         out["tasks"][task] = {
