@@ -182,33 +182,6 @@ def test_a_chats_next_turn_stays_where_its_kv_cache_is():
     assert governor.plan([*history, 5, 6, 7])[1] == speculate.PRIOR_WIDTH
 
 
-def test_the_per_step_rule_turns_drafting_on_for_copies_and_off_for_new_text():
-    governor = Governor(pads_misses=False)
-    governor.costs.observe(1, 0.010)
-    for n, ratio in ((2, 1.3), (5, 1.6), (9, 2.2), (13, 2.8)):
-        governor.costs.observe(n, 0.010 * ratio)
-    source = list(range(1000, 1100))
-    stepper = governor.stepper([5, 6, *source, 7])  # long prompt: starts drafting on the prior
-    assert stepper.width() == speculate.PRIOR_WIDTH
-    written = 0
-    while written < 60:  # the answer copies the prompt: each step keeps the matching drafts and one more token
-        draft = stepper.propose(stepper.width())
-        stepper.drafted(draft)
-        kept = 0
-        while kept < len(draft) and draft[kept] == source[written + kept]:
-            kept += 1
-        for token in source[written : written + kept + 1]:
-            stepper.push(token)
-        written += kept + 1
-    assert stepper.width() >= 6
-    assert stepper.counts.accepted > 0.8 * stepper.counts.drafted > 0
-    for token in range(50_000, 50_100):  # then writes new text: lookup finds nothing, drafting stops
-        stepper.drafted(stepper.propose(stepper.width()))
-        stepper.push(token)
-    assert stepper.width() == 0
-    stepper.finish()
-
-
 def _copy_with(stepper: Stepper, source: list[int], n: int) -> list[int]:
     """Steps of an answer that copies `source`: each keeps the matching drafts and one more token; the widths."""
     written, widths = 0, []
@@ -223,6 +196,24 @@ def _copy_with(stepper: Stepper, source: list[int], n: int) -> list[int]:
             stepper.push(token)
         written += kept + 1
     return widths
+
+
+def test_the_per_step_rule_turns_drafting_on_for_copies_and_off_for_new_text():
+    governor = Governor(pads_misses=False)
+    governor.costs.observe(1, 0.010)
+    for n, ratio in ((2, 1.3), (5, 1.6), (9, 2.2), (13, 2.8)):
+        governor.costs.observe(n, 0.010 * ratio)
+    source = list(range(1000, 1100))
+    stepper = governor.stepper([5, 6, *source, 7])  # long prompt: starts drafting on the prior
+    assert stepper.width() == speculate.PRIOR_WIDTH
+    _copy_with(stepper, source, 60)  # the answer copies the prompt
+    assert stepper.width() >= 6
+    assert stepper.counts.accepted > 0.8 * stepper.counts.drafted > 0
+    for token in range(50_000, 50_100):  # then writes new text: lookup finds nothing, drafting stops
+        stepper.drafted(stepper.propose(stepper.width()))
+        stepper.push(token)
+    assert stepper.width() == 0
+    stepper.finish()
 
 
 def test_a_copy_in_progress_counts_before_its_longest_drafts_close():
