@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aipc.errors import UsageError
@@ -464,7 +464,7 @@ class Stepper:
         self._decided = (known, width if self._on else 0)
         return self._decided[1]
 
-    def propose(self, width: int, ends=None) -> list[int]:
+    def propose(self, width: int, ends: Callable[[int], bool] | None = None) -> list[int]:
         """Prompt lookup's draft of up to `width` tokens from the text so far, cut after the first token for which
         `ends` is true (the answer stops there: what a draft holds beyond it is never used)."""
         draft = self.shadow.lookup.propose(width) if width > 0 else []
