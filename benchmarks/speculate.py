@@ -76,7 +76,8 @@ def worker() -> None:
         try:
             if "load" in cmd:
                 load = dict(cmd["load"])
-                if load.pop("no_switch", False):  # speculate_switch.py's ablation: no mid-answer move on OpenVINO
+                # speculate_switch.py's ablation: no mid-answer move on OpenVINO (class-wide: a worker of its own)
+                if load.pop("no_switch", False):
                     from aipc.backends.openvino_speculate import Speculator
 
                     Speculator.MAX_SWITCHES = 0
@@ -136,7 +137,7 @@ class Worker:
 def measure(
     backend: str, model: str, tasks: list[str], repeats: int, max_tokens: int, say, sampling: dict | None = None
 ) -> dict:
-    """off and auto on one backend, alternated in one worker process (separate processes ran 5-10% apart on
+    """off and auto on one backend, alternated in one worker process (separate processes ran 5-12% apart on
     identical plain decoding here); per task: medians, acceptance and agreement. `sampling` overrides the
     model's own defaults (the runs are greedy either way: temperature 0)."""
     w = Worker()

@@ -221,6 +221,11 @@ class LlamaCppModel:
         self._llm.n_tokens = keep  # generate() then drops the KV cache past it
         self._canonical = []  # unknown until the prompt's evaluation completes
 
+    def _ends_turn(self, token: int) -> bool:
+        """Whether the answer stops at `token`: an end-of-turn token of the template, or one the vocabulary marks
+        as ending generation."""
+        return token in self._stop_ids or self._is_eog(token)
+
     def generate(
         self, prompt: Sequence[int], config: GenerationConfig, cancel: threading.Event
     ) -> Iterator[TextDelta | Finished]:
@@ -238,7 +243,7 @@ class LlamaCppModel:
         # Log-probs read the context's last logits row, which is the sampled token's only when one token is
         # checked per step: a request that asks for them (or constrains with a grammar) is decoded without drafts.
         paused = k is not None or config.json_schema is not None
-        ends = None if config.ignore_eos else (lambda t: t in self._stop_ids or self._is_eog(t))
+        ends = None if config.ignore_eos else self._ends_turn
         stepper = self._drafter.start(ids, seeded, paused=paused, ends=ends) if self._drafter is not None else None
         self._keep_chunks(ids)
         tokens = self._llm.generate(
@@ -262,7 +267,7 @@ class LlamaCppModel:
                 if k is not None:  # the logits this token was sampled from: the context's last row, before eval
                     raw = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
                     logprob = (logprobs_from_logits(np.ctypeslib.as_array(raw, shape=(n_vocab,)), token, k),)
-                if not config.ignore_eos and (token in self._stop_ids or self._is_eog(token)):
+                if ends is not None and ends(token):
                     reason = "stop"
                     end_logprob = logprob[0] if logprob else None
                     break

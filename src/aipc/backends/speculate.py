@@ -223,15 +223,25 @@ class StepCosts:
 
     def ratio(self, tokens: int) -> float:
         """Cost of a forward pass over `tokens` tokens, relative to a plain one-token step."""
-        if tokens <= 1:
-            return 1.0
+        return self._ratio(tokens, self._measured())
+
+    def ratios(self, drafts: int) -> list[float]:
+        """The cost of a pass checking d drafts (`ratio(1 + d)`) for d = 0 .. drafts, from one reading."""
+        measured = self._measured()
+        return [self._ratio(1 + d, measured) for d in range(drafts + 1)]
+
+    def _measured(self) -> list[tuple[int, float]]:
+        """(tokens, cost relative to a plain step) of the measured passes over more than one token."""
         with self._lock:
             seconds = dict(self._seconds)
-        prior = 1.0 + self.PRIOR_FIXED + self.PRIOR_PER_TOKEN * (tokens - 1)
         plain = seconds.get(1)
-        measured = sorted((n, s / plain) for n, s in seconds.items() if n > 1) if plain else []
+        return sorted((n, s / plain) for n, s in seconds.items() if n > 1) if plain else []
+
+    def _ratio(self, tokens: int, measured: list[tuple[int, float]]) -> float:
+        if tokens <= 1:
+            return 1.0
         if not measured:
-            return prior
+            return 1.0 + self.PRIOR_FIXED + self.PRIOR_PER_TOKEN * (tokens - 1)
         if tokens in dict(measured):
             return max(dict(measured)[tokens], 1.0)
         below = [(n, r) for n, r in measured if n < tokens]
@@ -271,7 +281,7 @@ def best_width(
     runs: Sequence[tuple[int, int]], costs: StepCosts, *, pads_misses: bool, widths: Sequence[int] = WIDTHS
 ) -> tuple[int, float]:
     """The draft width with the highest predicted speed, and that speed (relative to plain decoding)."""
-    ratios = [costs.ratio(1 + d) for d in range(max(widths) + 1)]
+    ratios = costs.ratios(max(widths))
     scored = [(replay(runs, w, ratios, pads_misses=pads_misses), w) for w in widths]
     speed, width = max(scored)
     return width, speed
@@ -296,7 +306,7 @@ def switch(
     plain = costs.plain_seconds()
     if plain is None or len(runs) < _MIN_EVIDENCE:
         return None
-    ratios = [costs.ratio(1 + d) for d in range(max(widths) + 1)]
+    ratios = costs.ratios(max(widths))
     now = replay(runs, current, ratios, pads_misses=pads_misses) if current else 1.0
     if current:
         target, speed = 0, 1.0
